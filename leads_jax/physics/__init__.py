@@ -1,0 +1,1 @@
+"""Physics kernels: cardiac reaction models, diffusion operators, the McSharry ECG ODE."""
