@@ -108,6 +108,26 @@ class AbstractReactionModel(eqx.Module):
     v_scale: ClassVar[float]
     """mV per unit of the voltage-like state: V_m = v_rest + v_scale * u."""
     gate_states: ClassVar[tuple[str, ...]] = ()
+    """States written as ``(g_inf - g) / tau`` (integrated exactly by Rush-Larsen)."""
+
+    # -- metadata added by the catalog (compatible extension of the contract) -------
+    stable_dt_scheme: ClassVar[str] = "rk4"
+    """The explicit scheme `stable_dt` refers to."""
+    stable_dt_limits: ClassVar[dict[str, float]] = {}
+    """Measured single-cell stability limits (ms) per scheme ("euler", "rk4",
+    "rush-larsen"): the largest step of a bisection at which a paced beat stays
+    bounded; `stable_dt` is a safety fraction of the RK4 limit that is also
+    converged (see ``leads_jax.physics.reactions._stability``)."""
+    switch_steepness: ClassVar[float | None] = None
+    """Steepness k of :func:`smooth_heaviside` for the model's Heaviside switches
+    (``None``: the model has none)."""
+    observed_range: ClassVar[tuple[float, float]] = (-90.0, 60.0)
+    """Physiological range of the observed potential (mV): rest to peak of a paced
+    beat at default parameters, rounded outwards."""
+    default_stimulus: ClassVar[tuple[float, float]] = (0.5, 2.0)
+    """A supra-threshold stimulus from rest: (amplitude in u/ms, duration in ms)."""
+    equations: ClassVar[str] = ""
+    """The model's equations in plain text (rendered into prompts)."""
 
     # -- the physics -------------------------------------------------------------
     @abc.abstractmethod
@@ -126,6 +146,11 @@ class AbstractReactionModel(eqx.Module):
         """The resting state (all zeros unless a subclass says otherwise)."""
         shape = (len(self.state_names),) + (() if n_nodes is None else (n_nodes,))
         return jnp.zeros(shape)
+
+    @classmethod
+    def gate_indices(cls) -> tuple[int, ...]:
+        """Row of each gate state in the state array (``gate_states`` order)."""
+        return tuple(cls.state_names.index(g) for g in cls.gate_states)
 
     # -- parameters as data --------------------------------------------------------
     @classmethod
@@ -160,3 +185,60 @@ class AbstractReactionModel(eqx.Module):
 
     def to_vector(self) -> Float[Array, "param *node"]:
         return jnp.stack([jnp.asarray(getattr(self, n)) for n in self.param_names()])
+
+    @classmethod
+    def from_raw(cls, raw: Float[Array, "param *node"]) -> "AbstractReactionModel":
+        """Build the model from unconstrained values (``param_specs`` order)."""
+        return cls(
+            **{s.name: from_unconstrained(raw[i], s) for i, s in enumerate(cls.param_specs)}
+        )
+
+    def to_raw(self) -> Float[Array, "param *node"]:
+        """Unconstrained values of the parameters (inverse of :meth:`from_raw`)."""
+        return jnp.stack(
+            [to_unconstrained(getattr(self, s.name), s) for s in self.param_specs]
+        )
+
+    # -- metadata ------------------------------------------------------------------
+    @classmethod
+    def metadata(cls) -> dict:
+        """JSON-able description of the model (states, parameters, numerics, citation)."""
+        return {
+            "name": cls.name,
+            "class": cls.__name__,
+            "summary": (cls.__doc__ or "").strip().splitlines()[0],
+            "equations": cls.equations,
+            "states": list(cls.state_names),
+            "voltage_state": cls.state_names[0],
+            "gate_states": list(cls.gate_states),
+            "state_bounds": {n: list(b) for n, b in zip(cls.state_names, cls.state_bounds)},
+            "parameters": [
+                {
+                    "name": s.name,
+                    "default": s.default,
+                    "lower": s.lower,
+                    "upper": s.upper,
+                    "units": s.units,
+                    "role": s.role,
+                    "source": s.source,
+                }
+                for s in cls.param_specs
+            ],
+            "citation": cls.citation,
+            "time_units": "ms",
+            "stable_dt_ms": cls.stable_dt,
+            "stable_dt_scheme": cls.stable_dt_scheme,
+            "stable_dt_limits_ms": dict(cls.stable_dt_limits),
+            "switch_steepness": cls.switch_steepness,
+            "observed": {
+                "units": "mV",
+                "map": f"V_m = {cls.v_rest:g} + {cls.v_scale:g} * {cls.state_names[0]}",
+                "v_rest": cls.v_rest,
+                "v_scale": cls.v_scale,
+                "range": list(cls.observed_range),
+            },
+            "default_stimulus": {
+                "amplitude_per_ms": cls.default_stimulus[0],
+                "duration_ms": cls.default_stimulus[1],
+            },
+        }

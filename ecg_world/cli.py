@@ -1,0 +1,112 @@
+"""``ecg-world`` console script.
+
+Subcommands:
+
+- ``ecg-world synth --n-patients N --out cohort.nc``: synthetic cohort (see
+  :mod:`ecg_world.cohort`);
+- ``ecg-world calibrate [--table CSV] [--out JSON] [--report DIR]``: calibrate the shared
+  pharmacology against an SCR-002/ECGRDVQ table (see :mod:`ecg_world.calibration`);
+- ``ecg-world intervals PATH``: a WFDB record's intervals (implemented in
+  :mod:`ecg_world._cli_intervals`, imported lazily).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+
+def _add_synth(sub):
+    p = sub.add_parser("synth", help="synthesize a virtual cohort to netCDF")
+    p.add_argument("--n-patients", type=int, required=True)
+    p.add_argument("--out", type=pathlib.Path, required=True, help="output .nc path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--times", type=float, nargs="+", default=None,
+                   help="hours after dose (default: 0.5 1 2 3 4 6 8 12 24)")
+    p.add_argument("--drugs", nargs="+", default=None, help="default: all drugs")
+    p.add_argument("--sampling-rate", type=float, default=250.0)
+    p.add_argument("--duration", type=float, default=10.0, help="segment length (s)")
+    p.add_argument("--leads", nargs="+", default=["I", "II", "V2"])
+    p.add_argument("--long-qt-share", type=float, default=0.15)
+    p.add_argument("--noise-mv", type=float, default=0.02)
+    p.add_argument("--calibration", type=pathlib.Path, default=None,
+                   help="calibrated.json (default: the package's)")
+
+
+def _run_synth(args) -> int:
+    from .calibration import Calibration
+    from .cohort import DEFAULT_TIMES_H, synthesize, write_cohort
+
+    cal = Calibration.from_json(args.calibration) if args.calibration else None
+    ds = synthesize(args.n_patients, seed=args.seed, times_h=args.times or DEFAULT_TIMES_H,
+                    drugs=args.drugs, sampling_rate=args.sampling_rate,
+                    duration_s=args.duration, leads=args.leads,
+                    long_qt_share=args.long_qt_share, noise_mv=args.noise_mv, calibration=cal)
+    path = write_cohort(ds, args.out)
+    risk = float(ds.torsade_risk.mean())
+    print(f"wrote {path}: {dict(ds.sizes)}; share of cells with torsade risk label {risk:.3f}")
+    return 0
+
+
+def _add_calibrate(sub):
+    p = sub.add_parser("calibrate", help="calibrate the pharmacology against the study table")
+    p.add_argument("--table", type=pathlib.Path,
+                   default=pathlib.Path("tests/data/ecgrdvq/SCR-002.Clinical.Data.dev.csv"))
+    p.add_argument("--out", type=pathlib.Path, default=None,
+                   help="calibrated JSON (default: ecg_world/data/calibrated.json)")
+    p.add_argument("--report", type=pathlib.Path, default=None,
+                   help="write the report (tables, figure, LODO) into this folder")
+    p.add_argument("--no-lodo", action="store_true", help="skip leave-one-drug-out")
+
+
+def _run_calibrate(args) -> int:
+    from .calibration import CALIBRATED_JSON, calibrate
+
+    cal, targets = calibrate(args.table)
+    path = cal.to_json(args.out or CALIBRATED_JSON)
+    print(f"wrote {path}")
+    if args.report:
+        from .calibration import write_report
+
+        write_report(cal, targets, args.report, table=args.table, lodo=not args.no_lodo)
+        print(f"report in {args.report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ecg-world", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_synth(sub)
+    _add_calibrate(sub)
+    try:
+        from . import _cli_intervals
+    except ImportError:
+        _cli_intervals = None
+    if _cli_intervals is not None:
+        _cli_intervals.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "synth":
+            return _run_synth(args)
+        if args.command == "calibrate":
+            return _run_calibrate(args)
+        if args.command == "intervals":
+            from . import _cli_intervals
+
+            return int(_cli_intervals.run(args))
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"ecg-world {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Reader and calibration targets for the FDA SCR-002 / ECGRDVQ clinical table.
+
+Study: "ECG Effects of Ranolazine, Dofetilide, Verapamil, and Quinidine in Healthy Subjects"
+(Johannesen L et al., Clin Pharmacol Ther 2014;96:549-558; PhysioNet ECGRDVQ, ODC-By).
+One row per 10-s 12-lead ECG, triplicates at each time point (``TPT``, hours after the dose;
+-0.5 = pre-dose baseline), five-period crossover.
+
+Everything is computed from whatever table is given: subjects, drugs and time points are
+read from the file, never assumed.
+
+**Repairs (documented, tested):**
+
+- drug names are mapped to canonical keys through the drug library's aliases
+  (``"Quinidine Sulph"`` -> ``quinidine``, ``"Verapamil HCL"`` -> ``verapamil``); an unknown
+  drug name raises ``ValueError``;
+- interval values that are negative 32-bit wrap-arounds (``PR`` < -2**31 + 10**6) get ``2**32``
+  added back; other negative or zero intervals become ``NaN``;
+- ``NA`` intervals stay ``NaN`` and are skipped by the triplicate means;
+- concentrations are converted to ng/mL using ``PCSTRESU`` (dofetilide is pg/mL) and to free
+  (unbound) nM with the drug's molecular weight and unbound fraction;
+- a missing required column raises ``ValueError`` naming it.
+
+**Targets** (:func:`compute_targets`): per drug and time point the mean, SD, n and a two-sided
+t-based 90% confidence band of the placebo-corrected change from baseline (ddX: change from the
+same period's pre-dose mean minus placebo's change at the same time, per subject), for QTcF
+(Fridericia, QT/RR^(1/3) with RR in s), PR, QRS and heart rate; placebo's own change from
+baseline; baseline distributions.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats
+
+from .drugs import DrugLibrary, concentration_to_ng_ml, default_library
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("RANDID", "EXTRT", "TPT", "RR", "PR", "QT", "QRS")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("EXDOSE", "EXDOSU", "PCSTRESN", "PCSTRESU", "SEX", "AGE")
+INTERVALS: tuple[str, ...] = ("RR", "PR", "QT", "QRS")
+ENDPOINTS: tuple[str, ...] = ("QTcF", "PR", "QRS", "HR")
+BASELINE_TPT = -0.5
+_WRAP = 2**32
+
+
+def qtc_fridericia(qt_ms, rr_ms):
+    """QTcF = QT / (RR/1000)^(1/3) (ms)."""
+    return qt_ms / np.cbrt(rr_ms / 1000.0)
+
+
+def qtc_bazett(qt_ms, rr_ms):
+    """QTcB = QT / sqrt(RR/1000) (ms)."""
+    return qt_ms / np.sqrt(rr_ms / 1000.0)
+
+
+def read_ecgrdvq(
+    path: str | pathlib.Path | pd.DataFrame, *, library: DrugLibrary | None = None
+) -> pd.DataFrame:
+    """Read (and repair) the SCR-002 clinical table.
+
+    **Arguments:** ``path`` a CSV file or an already loaded DataFrame; ``library`` the drug
+    library used to canonicalise names (default: the package's).
+
+    **Returns:** a DataFrame with the original columns plus ``subject`` (int), ``drug``
+    (canonical key), ``tpt`` (h), ``HR`` (bpm), ``QTcF``, ``QTcB`` (ms), ``conc_ng_ml`` and
+    ``conc_free_nM``. ``df.attrs["repairs"]`` counts the repairs made.
+    """
+    library = library or default_library()
+    if isinstance(path, pd.DataFrame):
+        df = path.copy()
+    else:
+        path = pathlib.Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"ECGRDVQ table not found: {path}")
+        df = pd.read_csv(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"ECGRDVQ table lacks required columns {missing}; required: {list(REQUIRED_COLUMNS)}"
+        )
+    repairs = {"wrapped_intervals": 0, "nonpositive_intervals": 0, "na_intervals": 0}
+    for c in INTERVALS:
+        v = pd.to_numeric(df[c], errors="coerce").astype(float)
+        wrapped = v < -(2**31) + 10**6
+        repairs["wrapped_intervals"] += int(wrapped.sum())
+        v = v.where(~wrapped, v + _WRAP)
+        bad = v <= 0
+        repairs["nonpositive_intervals"] += int(bad.sum())
+        v = v.where(~bad)
+        repairs["na_intervals"] += int(v.isna().sum())
+        df[c] = v
+    names = df["EXTRT"].astype(str)
+    unknown = sorted({n for n in names.unique() if n not in library})
+    if unknown:
+        raise ValueError(f"unknown drug names in EXTRT: {unknown}; known: {list(library.names)}")
+    df["drug"] = names.map(library.canonical)
+    df["subject"] = df["RANDID"].astype(int)
+    df["tpt"] = pd.to_numeric(df["TPT"], errors="raise").astype(float)
+    df["HR"] = 60000.0 / df["RR"]
+    df["QTcF"] = qtc_fridericia(df["QT"], df["RR"])
+    df["QTcB"] = qtc_bazett(df["QT"], df["RR"])
+    conc = np.full(len(df), np.nan)
+    free = np.full(len(df), np.nan)
+    if "PCSTRESN" in df.columns:
+        units = df["PCSTRESU"] if "PCSTRESU" in df.columns else pd.Series(index=df.index)
+        for drug_key, idx in df.groupby("drug").groups.items():
+            drug = library[drug_key]
+            sub_units = units.loc[idx]
+            values = pd.to_numeric(df.loc[idx, "PCSTRESN"], errors="coerce").to_numpy(float)
+            # rows without a unit use the drug's documented study unit
+            unit = sub_units.fillna(drug.concentration_unit).astype(str).to_numpy()
+            ng = np.array([
+                concentration_to_ng_ml(v, u) if np.isfinite(v) else np.nan
+                for v, u in zip(values, unit, strict=True)
+            ])
+            pos = df.index.get_indexer(idx)
+            conc[pos] = ng
+            free[pos] = ng / drug.molecular_weight * 1e3 * drug.unbound_fraction  # ng/mL -> nM
+    df["conc_ng_ml"] = conc
+    df["conc_free_nM"] = free
+    df.attrs["repairs"] = repairs
+    return df
+
+
+def triplicate_means(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean of the replicate ECGs per subject, drug and time point (NaN skipped)."""
+    cols = [c for c in ("RR", "PR", "QT", "QRS", "HR", "QTcF", "QTcB", "conc_ng_ml",
+                        "conc_free_nM") if c in df.columns]
+    return df.groupby(["subject", "drug", "tpt"], as_index=False)[cols].mean()
+
+
+def change_from_baseline(means: pd.DataFrame, endpoints=ENDPOINTS) -> pd.DataFrame:
+    """Add ``d<endpoint>`` = value minus the same subject+period pre-dose mean.
+
+    A subject-period without a baseline row gets NaN changes.
+    """
+    base = means[means.tpt == BASELINE_TPT].set_index(["subject", "drug"])[list(endpoints)]
+    out = means.copy()
+    key = pd.MultiIndex.from_frame(out[["subject", "drug"]])
+    b = base.reindex(key)
+    for e in endpoints:
+        out["d" + e] = out[e].to_numpy() - b[e].to_numpy()
+    return out
+
+
+def placebo_corrected(changes: pd.DataFrame, endpoints=ENDPOINTS,
+                      placebo: str = "placebo") -> pd.DataFrame:
+    """Add ``dd<endpoint>`` = change on drug minus the same subject's placebo change, same time."""
+    pl = changes[changes.drug == placebo].set_index(["subject", "tpt"])
+    out = changes[changes.drug != placebo].copy()
+    key = pd.MultiIndex.from_frame(out[["subject", "tpt"]])
+    for e in endpoints:
+        out["dd" + e] = out["d" + e].to_numpy() - pl["d" + e].reindex(key).to_numpy()
+    return out
+
+
+def _summary(values: np.ndarray, level: float) -> tuple[float, float, int, float, float]:
+    v = values[np.isfinite(values)]
+    n = v.size
+    if n == 0:
+        return (np.nan, np.nan, 0, np.nan, np.nan)
+    m = float(v.mean())
+    sd = float(v.std(ddof=1)) if n > 1 else np.nan
+    if n > 1:
+        half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n)
+    else:
+        half = np.nan
+    return m, sd, n, m - half, m + half
+
+
+def compute_targets(
+    table: str | pathlib.Path | pd.DataFrame,
+    *,
+    endpoints=ENDPOINTS,
+    level: float | int = 0.90,
+    library: DrugLibrary | None = None,
+) -> xr.Dataset:
+    """Calibration targets computed from a table (a path, raw or already read DataFrame).
+
+    **Returns:** an ``xarray.Dataset`` with
+
+    - ``dd_mean, dd_sd, dd_n, dd_lo, dd_hi`` (drug, time, endpoint): placebo-corrected change
+      from baseline (non-placebo drugs), t-based ``level`` confidence band of the mean;
+    - ``pl_mean, pl_sd, pl_n, pl_lo, pl_hi`` (time, endpoint): placebo change from baseline;
+    - ``conc_median`` (drug, time): median total plasma concentration (ng/mL);
+    - ``base_mean, base_sd`` (endpoint_all): baseline distribution over subjects (each
+      subject's mean over its pre-dose triplicates of all periods), for RR, PR, QRS, QT, QTcF, HR;
+    - attrs: subjects, level, repairs.
+    """
+    df = table if isinstance(table, pd.DataFrame) and "drug" in table else read_ecgrdvq(
+        table, library=library)
+    endpoints = tuple(endpoints)
+    means = triplicate_means(df)
+    ch = change_from_baseline(means, endpoints)
+    dd = placebo_corrected(ch, endpoints)
+    drugs = sorted(d for d in dd.drug.unique())
+    times = np.sort(means.tpt.unique())
+    shape = (len(drugs), len(times), len(endpoints))
+    arrs = {k: np.full(shape, np.nan) for k in ("mean", "sd", "n", "lo", "hi")}
+    for i, drug in enumerate(drugs):
+        sub = dd[dd.drug == drug]
+        for j, t in enumerate(times):
+            st = sub[sub.tpt == t]
+            for k, e in enumerate(endpoints):
+                r = _summary(st["dd" + e].to_numpy(float), level)
+                for name, val in zip(("mean", "sd", "n", "lo", "hi"), r, strict=True):
+                    arrs[name][i, j, k] = val
+    pl = ch[ch.drug == "placebo"]
+    pshape = (len(times), len(endpoints))
+    parrs = {k: np.full(pshape, np.nan) for k in ("mean", "sd", "n", "lo", "hi")}
+    for j, t in enumerate(times):
+        st = pl[pl.tpt == t]
+        for k, e in enumerate(endpoints):
+            r = _summary(st["d" + e].to_numpy(float), level)
+            for name, val in zip(("mean", "sd", "n", "lo", "hi"), r, strict=True):
+                parrs[name][j, k] = val
+    conc = np.full((len(drugs), len(times)), np.nan)
+    for i, drug in enumerate(drugs):
+        sub = means[means.drug == drug]
+        for j, t in enumerate(times):
+            v = sub[sub.tpt == t].conc_ng_ml.to_numpy(float)
+            v = v[np.isfinite(v)]
+            if v.size:
+                conc[i, j] = float(np.median(v))
+    base_cols = ("RR", "PR", "QRS", "QT", "QTcF", "HR")
+    base = means[means.tpt == BASELINE_TPT].groupby("subject")[list(base_cols)].mean()
+    ds = xr.Dataset(
+        {
+            **{f"dd_{k}": (("drug", "time", "endpoint"), v) for k, v in arrs.items()},
+            **{f"pl_{k}": (("time", "endpoint"), v) for k, v in parrs.items()},
+            "conc_median": (("drug", "time"), conc),
+            "base_mean": (("endpoint_all",), base.mean().to_numpy(float)),
+            "base_sd": (("endpoint_all",), base.std(ddof=1).to_numpy(float)),
+        },
+        coords={"drug": drugs, "time": times, "endpoint": list(endpoints),
+                "endpoint_all": list(base_cols)},
+        attrs={
+            "subjects": [int(s) for s in sorted(df.subject.unique())],
+            "level": level,
+            "repairs": str(df.attrs.get("repairs", {})),
+            "units": "ms (QTcF, PR, QRS), bpm (HR), h (time), ng/mL (conc_median)",
+        },
+    )
+    ds["time"].attrs["units"] = "h after dose"
+    return ds
+
+
+def subject_baselines(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-subject baseline intervals (mean of pre-dose triplicates over all periods), ms."""
+    means = triplicate_means(df)
+    return means[means.tpt == BASELINE_TPT].groupby("subject")[
+        ["RR", "PR", "QRS", "QT", "QTcF", "HR"]].mean()

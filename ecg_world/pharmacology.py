@@ -1,0 +1,338 @@
+"""Mechanistic pharmacology shared by all drugs: oral PK -> free concentration -> channel block
+-> ONE channel-block-to-ECG map -> McSharry parameters.
+
+Pure JAX, ``jit``/``vmap``/``grad``-able; drugs are rows of a :class:`~ecg_world.drugs.DrugTable`
+indexed by an integer id, so one compiled function serves every drug.
+
+**PK** (per drug, data in ``drugs.json``, refined by the calibration): linear compartments
+
+    R' = -kr R                      (extended-release tablet; absent for immediate release)
+    G' = kr R - ka G                (absorption depot; the dose starts here if immediate release)
+    A' = ka G - ke A                (central amount, C = A / (V/F))
+    Ce' = ke0 (C - Ce)              (effect site, biophase equilibration; drug property)
+    Ct' = ktol (C - Ct)             (slow "tolerance" site of the baroreflex; shared rate)
+
+solved exactly as ``expm(M (t - tlag)) x0`` (one 5x5 matrix exponential, robust when rates
+coincide). Between-subject variability is log-normal: ``eta = (exposure, ke, ka)`` multiply
+1/(V/F), ke and ka by ``exp(eta)``.
+
+**Block:** free molar concentration ``Cu = C[ng/mL] * 1000 / MW * fu`` (nM) at the effect site,
+fractional block ``b = 1 / (1 + (IC50 / Cu)^h)`` per target (IKr, INaL, ICaL, INa, alpha1).
+Hill coefficients default to 1 (drugs.json): the CiPA fits of shallow slopes (e.g. h = 0.59 for
+quinidine at ICaL) are made at concentrations far above the clinical ones and extrapolate large
+block at low concentration.
+
+**Shared map** (:class:`EffectMap`; identical for all drugs, fitted by ``calibration.py``):
+
+- repolarisation: ``dQT/QT = qt_gain * D * exp(qt_curv * D) * exp(eta_pd)``,
+  ``D = b_IKr / (1 - b_IKr) - w_INaL b_INaL - w_ICaL b_ICaL`` (net loss of repolarisation
+  reserve: ``b/(1-b)`` is the relative rise of the IKr "resistance" 1/g_Kr, which equals the
+  free concentration over IC50 for a Hill coefficient of 1; as in
+  multichannel block models: late-Na and Ca block shorten the action potential; ``qt_curv``
+  lets the fit bend the curve, > 0 convex as the repolarisation reserve runs out);
+- AV conduction: ``dPR/PR = pr_ICaL b_ICaL exp(pr_curv b_ICaL) + pr_INa b_INa``;
+- ventricular conduction: ``dQRS/QRS = qrs_INa b_INa``;
+- heart rate: vasodilation ``V = b_ICaL + w_alpha b_alpha1`` drives a baroreflex tachycardia
+  that adapts: ``dHR = hr_gain (V(Ce) - tol V(Ct))`` (bpm).
+
+**Placebo / diurnal course** (:class:`Diurnal`): a 24 h + 12 h harmonic series in the time
+since the (morning) dose, zero at the pre-dose time -0.5 h, for HR (bpm) and the fractional
+QTc, PR and QRS changes. It applies to every action, placebo included.
+
+**McSharry realisation:** fractional changes act on the kernel's wave parameters
+(see :func:`apply_effects`): the T wave's angle and width scale with QT, the P wave's angle
+with PR, the Q/R/S widths and Q/S angles with QRS, and the heart rate moves RR. Drugs differ
+only by PK and block: there is no per-drug ECG parameter anywhere.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .actions import Action
+from .drugs import TARGETS, DrugTable
+
+N_TARGETS = len(TARGETS)
+_IKR, _INAL, _ICAL, _INA, _ALPHA = range(N_TARGETS)
+BASELINE_TIME_H = -0.5
+
+
+class EffectMap(eqx.Module):
+    """The one channel-block -> ECG map (all fields scalars; see the module docstring)."""
+
+    qt_gain: Float[Array, ""]
+    qt_curv: Float[Array, ""]
+    w_inal: Float[Array, ""]
+    w_ical: Float[Array, ""]
+    pr_ical: Float[Array, ""]
+    pr_curv: Float[Array, ""]
+    pr_ina: Float[Array, ""]
+    qrs_ina: Float[Array, ""]
+    hr_gain: Float[Array, ""]
+    w_alpha: Float[Array, ""]
+    tol: Float[Array, ""]
+    ktol_per_h: Float[Array, ""]
+
+    @classmethod
+    def default(cls, **overrides) -> EffectMap:
+        vals = dict(qt_gain=0.3, qt_curv=0.0, w_inal=0.5, w_ical=0.2, pr_ical=2.0, pr_curv=0.0,
+                    pr_ina=0.5,
+                    qrs_ina=0.5, hr_gain=60.0, w_alpha=0.3, tol=0.5, ktol_per_h=0.5)
+        vals.update(overrides)
+        return cls(**{k: jnp.asarray(v, jnp.float32) for k, v in vals.items()})
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(getattr(self, k)) for k in self.__dataclass_fields__}
+
+
+DIURNAL_ENDPOINTS = ("HR", "QTc", "PR", "QRS")
+
+
+class Diurnal(eqx.Module):
+    """Placebo/diurnal course: ``coef[endpoint, basis]`` on 24 h and 12 h harmonics.
+
+    Endpoints: HR (bpm), QTc, PR, QRS (fractional changes). Zero at ``t = -0.5`` h.
+    """
+
+    coef: Float[Array, "4 4"]
+
+    @classmethod
+    def zero(cls) -> Diurnal:
+        return cls(jnp.zeros((4, 4), jnp.float32))
+
+    @staticmethod
+    def basis(t_h):
+        def phi(t):
+            w = 2 * jnp.pi * t / 24.0
+            return jnp.stack([jnp.cos(w) , jnp.sin(w), jnp.cos(2 * w), jnp.sin(2 * w)], -1)
+
+        t = jnp.asarray(t_h, jnp.float32)
+        return phi(t) - phi(jnp.asarray(BASELINE_TIME_H, jnp.float32))
+
+    def __call__(self, t_h) -> Float[Array, "*t 4"]:
+        return self.basis(t_h) @ self.coef.T
+
+
+class Variability(eqx.Module):
+    """Log-normal between-subject SDs: PK exposure (1/(V/F)), ke, ka; PD sensitivity."""
+
+    omega_exposure: Float[Array, ""]
+    omega_ke: Float[Array, ""]
+    omega_ka: Float[Array, ""]
+    omega_pd: Float[Array, ""]
+
+    @classmethod
+    def default(cls, **overrides) -> Variability:
+        vals = dict(omega_exposure=0.3, omega_ke=0.2, omega_ka=0.3, omega_pd=0.3)
+        vals.update(overrides)
+        return cls(**{k: jnp.asarray(v, jnp.float32) for k, v in vals.items()})
+
+    def sample(self, key, shape=()) -> tuple[Float[Array, "*s 3"], Float[Array, "*s"]]:
+        """Draw ``(eta_pk[..., 3], eta_pd[...])`` from N(0, omega^2)."""
+        k1, k2 = jax.random.split(key)
+        om = jnp.stack([self.omega_exposure, self.omega_ke, self.omega_ka])
+        eta_pk = jax.random.normal(k1, (*shape, 3)) * om
+        eta_pd = jax.random.normal(k2, shape) * self.omega_pd
+        return eta_pk, eta_pd
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(getattr(self, k)) for k in self.__dataclass_fields__}
+
+
+class EcgEffects(eqx.Module):
+    """Changes to apply to a patient: fractional QT, PR, QRS and additive heart rate (bpm)."""
+
+    qt_frac: Float[Array, "*b"]
+    pr_frac: Float[Array, "*b"]
+    qrs_frac: Float[Array, "*b"]
+    hr_bpm: Float[Array, "*b"]
+
+
+def pk_states(
+    table: DrugTable, action: Action, eta_pk=None, ktol_per_h=0.5
+) -> Float[Array, "5"]:
+    """PK state ``(R, G, A, Ce, Ct)`` (mg, mg, mg, mg/L, mg/L) of a scalar action at its time."""
+    d = action.drug
+    eta = jnp.zeros(3) if eta_pk is None else jnp.asarray(eta_pk)
+    kr = table.release_per_h[d]
+    ka = table.ka_per_h[d] * jnp.exp(eta[2])
+    ke = table.ke_per_h[d] * jnp.exp(eta[1])
+    v = table.v_over_f_l[d] * jnp.exp(-eta[0])
+    ke0 = table.ke0_per_h[d]
+    kt = jnp.asarray(ktol_per_h, jnp.float32)
+    ir = ~jnp.isfinite(kr)
+    kr_ = jnp.where(ir, 0.0, kr)
+    z = jnp.zeros(())
+    m = jnp.stack([
+        jnp.stack([-kr_, z, z, z, z]),
+        jnp.stack([kr_, -ka, z, z, z]),
+        jnp.stack([z, ka, -ke, z, z]),
+        jnp.stack([z, z, ke0 / v, -ke0, z]),
+        jnp.stack([z, z, kt / v, z, -kt]),
+    ])
+    dose = action.dose_mg * table.salt_factor[d]
+    x0 = dose * jnp.stack([jnp.where(ir, 0.0, 1.0), jnp.where(ir, 1.0, 0.0), z, z, z])
+    te = jnp.maximum(action.time_h - table.tlag_h[d], 0.0)
+    x = jax.scipy.linalg.expm(m * te) @ x0
+    return x.at[3:].set(jnp.where(x0.sum() > 0, x[3:], 0.0))
+
+
+def concentrations(table: DrugTable, action: Action, eta_pk=None, ktol_per_h=0.5):
+    """Total plasma, effect-site and tolerance-site concentrations (ng/mL) of a scalar action."""
+    x = pk_states(table, action, eta_pk, ktol_per_h)
+    v = table.v_over_f_l[action.drug] * jnp.exp(
+        -(jnp.zeros(3) if eta_pk is None else jnp.asarray(eta_pk))[0])
+    return x[2] / v * 1000.0, x[3] * 1000.0, x[4] * 1000.0
+
+
+def free_nM(table: DrugTable, drug, conc_ng_ml):
+    """Free (unbound) molar concentration in nM from total ng/mL."""
+    return conc_ng_ml * 1000.0 / table.molecular_weight[drug] * table.unbound_fraction[drug]
+
+
+def channel_block(table: DrugTable, drug, conc_ng_ml) -> Float[Array, " target"]:
+    """Fractional block (occupancy) per target (order :data:`~ecg_world.drugs.TARGETS`)."""
+    cu = jnp.maximum(free_nM(table, drug, conc_ng_ml), 0.0)
+    ic50 = table.ic50_nM[drug]
+    h = table.hill[drug]
+    # b = x^h / (1 + x^h), x = Cu / IC50, written to stay finite at Cu = 0
+    logx = jnp.log(jnp.maximum(cu, 1e-30)) - jnp.log(ic50)
+    return jnp.where(cu > 0, jax.nn.sigmoid(h * logx), 0.0)
+
+
+def effects_from_block(
+    emap: EffectMap, block_e: Float[Array, " target"], block_t: Float[Array, " target"],
+    eta_pd=0.0,
+) -> EcgEffects:
+    """Apply the shared map to effect-site and tolerance-site block."""
+    b_kr = jnp.minimum(block_e[_IKR], 0.99)
+    drive = b_kr / (1.0 - b_kr) - emap.w_inal * block_e[_INAL] - emap.w_ical * block_e[_ICAL]
+    qt = emap.qt_gain * drive * jnp.exp(emap.qt_curv * drive) * jnp.exp(eta_pd)
+    b_cal = block_e[_ICAL]
+    pr = emap.pr_ical * b_cal * jnp.exp(emap.pr_curv * b_cal) + emap.pr_ina * block_e[_INA]
+    qrs = emap.qrs_ina * block_e[_INA]
+    vaso_e = block_e[_ICAL] + emap.w_alpha * block_e[_ALPHA]
+    vaso_t = block_t[_ICAL] + emap.w_alpha * block_t[_ALPHA]
+    hr = emap.hr_gain * (vaso_e - emap.tol * vaso_t)
+    return EcgEffects(qt, pr, qrs, hr)
+
+
+def drug_effects(
+    table: DrugTable, emap: EffectMap, action: Action, eta_pk=None, eta_pd=0.0
+) -> EcgEffects:
+    """Drug part of the ECG change for one scalar action (no diurnal course)."""
+    _, ce, ct = concentrations(table, action, eta_pk, emap.ktol_per_h)
+    return effects_from_block(emap, channel_block(table, action.drug, ce),
+                              channel_block(table, action.drug, ct), eta_pd)
+
+
+def total_effects(
+    table: DrugTable, emap: EffectMap, diurnal: Diurnal, action: Action, eta_pk=None,
+    eta_pd=0.0,
+) -> EcgEffects:
+    """Drug effects plus the placebo/diurnal course at the action's time since dose."""
+    e = drug_effects(table, emap, action, eta_pk, eta_pd)
+    di = diurnal(action.time_h)
+    return EcgEffects(e.qt_frac + di[1], e.pr_frac + di[2], e.qrs_frac + di[3],
+                      e.hr_bpm + di[0])
+
+
+# --------------------------------------------------------------------------------------
+# McSharry realisation and the world-model entry point
+# --------------------------------------------------------------------------------------
+
+_P, _Q, _R, _S, _T = range(5)
+
+
+def qrs_anchor(ti, bi):
+    """QRS-onset anchor angle ``theta_Q - 3 b_Q`` (the kernel stretches the T wave about it)."""
+    return ti[..., _Q] - 3.0 * bi[..., _Q]
+
+
+def scale_waves(model, qt_frac, pr_frac, qrs_frac):
+    """Realise fractional interval changes on McSharry wave parameters (60-bpm beat).
+
+    - QRS: Q and S angles and the Q, R, S widths scale by ``1 + qrs_frac`` about R (amplitudes
+      by ``(1 + qrs_frac)^-2`` so that wave heights ``~ a b^2`` stay put);
+    - PR: the P wave's distance from the QRS-onset anchor and its width scale by ``1 + pr_frac``;
+    - QT: the T wave's distance from the anchor and its width scale by ``1 + qt_frac``.
+
+    With the kernel's ``hr_scaling="physiological"`` (P, Q, R, S fixed in time, T stretched
+    about the same anchor by RR^(1/3)) the reference PR, QRS and QT then change by close to
+    the same fractions at any rate. Pure JAX; works on batched models (``(..., 5)`` fields).
+    """
+    ti, ai, bi = model.ti, model.ai, model.bi
+    fq = 1.0 + jnp.asarray(qrs_frac)[..., None]
+    fp = 1.0 + jnp.asarray(pr_frac)
+    ft = 1.0 + jnp.asarray(qt_frac)
+    qrs_mask = jnp.array([0.0, 1.0, 1.0, 1.0, 0.0])
+    f = 1.0 + (fq - 1.0) * qrs_mask
+    anchor0 = qrs_anchor(ti, bi)
+    ti1 = ti * f
+    bi1 = bi * f
+    ai1 = ai / f**2
+    anchor1 = qrs_anchor(ti1, bi1)
+    tp = anchor1 + (ti[..., _P] - anchor0) * fp
+    tt = anchor1 + (ti[..., _T] - anchor0) * ft
+    ti1 = ti1.at[..., _P].set(tp).at[..., _T].set(tt)
+    bi1 = bi1.at[..., _P].multiply(fp).at[..., _T].multiply(ft)
+    ai1 = ai1.at[..., _P].divide(fp**2).at[..., _T].divide(ft**2)
+    from leads_jax.physics.mcsharry import McSharryECG
+
+    return McSharryECG(ti1, ai1, bi1)
+
+
+class PatientParams(eqx.Module):
+    """A virtual patient: McSharry waveform parameters (60-bpm beat), heart rate and random
+    effects of the pharmacology (log-normal PK etas and PD sensitivity)."""
+
+    ecg: eqx.Module
+    heart_rate: Float[Array, "*b"]
+    eta_pk: Float[Array, "*b 3"]
+    eta_pd: Float[Array, "*b"]
+
+
+class Pharmacology(eqx.Module):
+    """Everything :func:`apply_action` needs: drug table, shared map, placebo course."""
+
+    table: DrugTable
+    emap: EffectMap
+    diurnal: Diurnal
+
+
+def apply_effects(params: PatientParams, eff: EcgEffects, *, hr_bounds=(30.0, 200.0)):
+    """Apply ECG changes to a patient (pure JAX)."""
+    ecg = scale_waves(params.ecg, eff.qt_frac, eff.pr_frac, eff.qrs_frac)
+    hr = jnp.clip(params.heart_rate + eff.hr_bpm, *hr_bounds)
+    return PatientParams(ecg, hr, params.eta_pk, params.eta_pd)
+
+
+def default_pharmacology() -> Pharmacology:
+    """The committed calibration as a :class:`Pharmacology` pytree."""
+    from .calibration import default_calibration
+
+    cal = default_calibration()
+    return Pharmacology(cal.library.table(), cal.emap, cal.diurnal)
+
+
+def apply_action(
+    params: PatientParams, action: Action, t=None, pharm: Pharmacology | None = None
+) -> PatientParams:
+    """The patient's parameters ``t`` hours after taking ``action`` (pure JAX, vmappable).
+
+    **Arguments:** ``params`` baseline patient; ``action`` drug id and dose; ``t`` time since
+    dose in hours (default: ``action.time_h``); ``pharm`` drug table + shared map + placebo
+    course (default: the committed calibration, captured as constants).
+
+    **Returns:** ``PatientParams`` with the McSharry parameters and heart rate changed by the
+    placebo/diurnal course plus the drug's effects (PK -> block -> shared map).
+    """
+    pharm = default_pharmacology() if pharm is None else pharm
+    if t is not None:
+        action = action.at(t)
+    eff = total_effects(pharm.table, pharm.emap, pharm.diurnal, action, params.eta_pk,
+                        params.eta_pd)
+    return apply_effects(params, eff)

@@ -1,0 +1,372 @@
+"""The batched training engine: one compiled program trains a whole group.
+
+A *group* is a stacked pytree of members (candidate x restart) sharing one
+topology. Each member has its own optimizer state, its own gradient clipping and
+its own status; members never exchange information (the loss of one member is
+never summed with another's), so a member that diverges cannot disturb the
+others: its update is masked, it is marked dead with a reason and a time, and
+training goes on for the rest.
+
+The rollout contract (what the engine asks of a simulator) is
+``rollout(model, context, inputs, ts) -> Rollout`` for ONE member and ONE sample:
+`context` is shared data (e.g. the geometry), `inputs` the per-sample inputs
+(e.g. the stimulus), `ts` the observation times. See :class:`Rollout`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._batching import replicate, shard_members
+from ._config import FitConfig
+
+# Reason codes. 0-3 are the simulator's (contract); 4 is the engine's own.
+REASON_OK = 0
+REASON_NONFINITE = 1
+REASON_OUT_OF_BOUNDS = 2
+REASON_MAX_STEPS = 3
+REASON_NONFINITE_GRADIENT = 4
+REASONS = {
+    REASON_OK: "ok",
+    REASON_NONFINITE: "non-finite state",
+    REASON_OUT_OF_BOUNDS: "state left the model's bounds",
+    REASON_MAX_STEPS: "solver reached max_steps",
+    REASON_NONFINITE_GRADIENT: "non-finite loss or gradient",
+}
+
+
+class Rollout(eqx.Module):
+    """What a rollout returns for one member and one sample.
+
+    - `observed`: ``[time, node]`` observed potential in mV.
+    - `diverged`, `reason`, `t_diverged`: divergence as data (codes as in :data:`REASONS`).
+    - `neural_sq`: mean square of the model's neural terms along the trajectory
+      (the APHYNITY penalty; 0 for models without neural terms).
+    """
+
+    observed: Any
+    diverged: Any
+    reason: Any
+    t_diverged: Any
+    neural_sq: Any
+
+
+class SplitData(eqx.Module):
+    """The samples of one split: stacked per-sample `inputs`, `targets` ``[sample, time, node]``
+    (mV) and observation times `ts` ``[time]``."""
+
+    inputs: Any
+    targets: Any
+    ts: Any
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.targets.shape[0])
+
+    def truncate(self, n_time: int) -> "SplitData":
+        return SplitData(self.inputs, self.targets[:, :n_time], self.ts[:n_time])
+
+
+class MemberStatus(eqx.Module):
+    """Per-member bookkeeping (each field has a leading member axis when stacked)."""
+
+    alive: Any  # bool: not diverged
+    stopped: Any  # bool: early-stopped
+    reason: Any  # int
+    t_diverged: Any  # float, ms (inf when never)
+    steps: Any  # int: updates applied
+    best_loss: Any  # float: best monitored loss
+    best_step: Any  # int
+    bad_evals: Any  # int: evaluations without improvement
+
+    @staticmethod
+    def init(n: int) -> "MemberStatus":
+        return MemberStatus(
+            alive=jnp.ones(n, bool),
+            stopped=jnp.zeros(n, bool),
+            reason=jnp.zeros(n, jnp.int32),
+            t_diverged=jnp.full(n, jnp.inf),
+            steps=jnp.zeros(n, jnp.int32),
+            best_loss=jnp.full(n, jnp.inf),
+            best_step=jnp.zeros(n, jnp.int32),
+            bad_evals=jnp.zeros(n, jnp.int32),
+        )
+
+
+def make_optimizer(config: FitConfig) -> optax.GradientTransformation:
+    """The per-member optimizer: clipping by global norm (of this member only), then the
+    update rule. Cached, so equal configurations share compiled programs."""
+    return _optimizer(config.optimizer, float(config.learning_rate), config.clip_norm)
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(name, learning_rate, clip_norm):
+    rule = {"adam": optax.adam, "adabelief": optax.adabelief, "sgd": optax.sgd}[name]
+    parts = []
+    if clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(clip_norm))
+    parts.append(rule(learning_rate))
+    return optax.chain(*parts)
+
+
+def _tree_where(cond, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(cond, a, b), new, old)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def member_loss(params, rest, context, data: SplitData, rollout: Callable, loss_scale: float,
+                aphynity_weight: float):
+    """Loss of ONE member on one split: trajectory MSE of ``V / loss_scale`` over
+    samples, times and nodes, plus the APHYNITY penalty.
+
+    Returns ``(loss, (mse, diverged, reason, t_diverged))``; a member whose rollout
+    diverged gets ``loss = inf`` (its gradient is never applied).
+    """
+    model = eqx.combine(params, rest)
+    out = jax.vmap(lambda inp: rollout(model, context, inp, data.ts))(data.inputs)
+    err = (out.observed - data.targets) / loss_scale
+    finite = jnp.isfinite(err)
+    mse = jnp.sum(jnp.where(finite, err, 0.0) ** 2) / err.size
+    penalty = jnp.mean(out.neural_sq)
+    loss = mse + aphynity_weight * penalty
+    diverged = jnp.any(out.diverged) | ~jnp.all(finite) | ~jnp.isfinite(loss)
+    sample_reason = jnp.where(out.diverged, out.reason, 0)
+    reason = jnp.max(sample_reason)
+    reason = jnp.where(diverged & (reason == 0), REASON_NONFINITE, reason)
+    t_div = jnp.min(jnp.where(out.diverged, out.t_diverged, jnp.inf))
+    loss = jnp.where(diverged, jnp.inf, loss)
+    mse = jnp.where(diverged, jnp.inf, mse)
+    return loss, (mse, diverged, reason.astype(jnp.int32), t_div)
+
+
+def member_step(params, opt_state, status: MemberStatus, rest, context, data, *, tx, rollout,
+                loss_scale, aphynity_weight):
+    """One optimisation step of ONE member (the function the engine vmaps)."""
+    (loss, (mse, diverged, reason, t_div)), grads = eqx.filter_value_and_grad(
+        member_loss, has_aux=True
+    )(params, rest, context, data, rollout, loss_scale, aphynity_weight)
+    ok = ~diverged & _all_finite(grads)
+    active = status.alive & ~status.stopped
+    grads = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
+    updates, new_opt = tx.update(grads, opt_state, params)
+    do = active & ok
+    params = _tree_where(do, eqx.apply_updates(params, updates), params)
+    opt_state = _tree_where(do, new_opt, opt_state)
+    dies = active & ~ok
+    reason = jnp.where(diverged, reason, REASON_NONFINITE_GRADIENT)
+    status = eqx.tree_at(
+        lambda s: (s.alive, s.reason, s.t_diverged, s.steps),
+        status,
+        (
+            status.alive & ~dies,
+            jnp.where(dies, reason, status.reason),
+            jnp.where(dies, t_div, status.t_diverged),
+            status.steps + do.astype(jnp.int32),
+        ),
+    )
+    recorded = jnp.where(active, jnp.where(ok, loss, jnp.inf), jnp.nan)
+    return params, opt_state, status, recorded
+
+
+_in_batched = eqx.if_array(0)
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_fn(tx, rollout, loss_scale, aphynity_weight, n_steps, batched):
+    """A jitted function running `n_steps` optimisation steps (lax.scan) for every member."""
+    step = functools.partial(member_step, tx=tx, rollout=rollout, loss_scale=loss_scale,
+                             aphynity_weight=aphynity_weight)
+    if batched:
+        step = eqx.filter_vmap(step, in_axes=(_in_batched,) * 4 + (None, None))
+
+    @eqx.filter_jit
+    def run(params, opt_state, status, rest, context, data):
+        def body(carry, _):
+            p, o, s = carry
+            p, o, s, loss = step(p, o, s, rest, context, data)
+            return (p, o, s), loss
+
+        (params, opt_state, status), losses = jax.lax.scan(
+            body, (params, opt_state, status), None, length=n_steps
+        )
+        return params, opt_state, status, losses
+
+    return run
+
+
+@functools.lru_cache(maxsize=64)
+def _eval_fn(rollout, loss_scale, aphynity_weight, batched):
+    def one(params, rest, context, data):
+        loss, (mse, diverged, reason, t_div) = member_loss(
+            params, rest, context, data, rollout, loss_scale, aphynity_weight
+        )
+        return loss, mse, diverged, reason, t_div
+
+    if batched:
+        one = eqx.filter_vmap(one, in_axes=(_in_batched, _in_batched, None, None))
+    return eqx.filter_jit(one)
+
+
+@eqx.filter_jit
+def _track_best(params, best_params, status: MemberStatus, val_loss, step, min_delta, patience):
+    """Early-stopping bookkeeping after one evaluation, on device."""
+    active = status.alive & ~status.stopped
+    improved = active & jnp.isfinite(val_loss) & (
+        val_loss < status.best_loss - min_delta * jnp.abs(status.best_loss)
+    )
+    improved = improved | (active & jnp.isfinite(val_loss) & ~jnp.isfinite(status.best_loss))
+    best_params = jax.vmap(_tree_where)(improved, params, best_params)
+    bad = jnp.where(improved, 0, status.bad_evals + active.astype(jnp.int32))
+    stopped = status.stopped | (active & (bad >= patience))
+    status = eqx.tree_at(
+        lambda s: (s.best_loss, s.best_step, s.bad_evals, s.stopped),
+        status,
+        (
+            jnp.where(improved, val_loss, status.best_loss),
+            jnp.where(improved, step, status.best_step),
+            bad,
+            stopped,
+        ),
+    )
+    return best_params, status
+
+
+class TrainOutcome(eqx.Module):
+    """Result of :func:`train_members` (host arrays unless said otherwise)."""
+
+    params: Any  # best parameters per member (device, stacked)
+    rest: Any
+    status: dict  # name -> numpy [member]
+    train_curve: np.ndarray  # [member, step] loss at each step (nan once inactive)
+    val_curve: np.ndarray  # [member, eval]
+    val_steps: np.ndarray  # [eval]
+    seconds: float
+
+
+def train_members(
+    params,
+    rest,
+    *,
+    rollout: Callable,
+    context,
+    train: SplitData,
+    val: SplitData | None,
+    config: FitConfig,
+    mesh=None,
+    batched: bool = True,
+    on_eval: Callable | None = None,
+) -> TrainOutcome:
+    """Train stacked members (leading axis on every array leaf of `params` and `rest`).
+
+    `params` holds the trainable leaves (unconstrained), `rest` everything else.
+    Early stopping monitors the validation split (the training split when `val`
+    is None). `on_eval(status_dict)` is called on the host after each evaluation.
+    With ``batched=False`` the same functions run on ONE member without vmap.
+    """
+    t_start = time.perf_counter()
+    tx = make_optimizer(config)
+    lossargs = (config.loss_scale, config.aphynity_weight)
+    if batched:
+        n = jax.tree.leaves(params)[0].shape[0]
+        opt_state = jax.vmap(tx.init)(params)
+        status = MemberStatus.init(n)
+        params, opt_state, status, rest = shard_members((params, opt_state, status, rest), mesh)
+        context, train, val = replicate((context, train, val), mesh)
+    else:
+        opt_state = tx.init(params)
+        status = jax.tree.map(lambda x: x[0], MemberStatus.init(1))
+    monitor = val if val is not None else train
+    evaluate = _eval_fn(rollout, *lossargs, batched)
+    patience = config.patience if config.patience is not None else 2**30
+    curves, val_losses, val_steps = [], [], []
+
+    def check(params, best_params, status, step):
+        vloss = evaluate(params, rest, context, monitor)[0]
+        if batched:
+            best_params, status = _track_best(params, best_params, status, vloss,
+                                              jnp.asarray(step, jnp.int32),
+                                              jnp.asarray(config.min_delta, jnp.float32),
+                                              jnp.asarray(patience, jnp.int32))
+        else:
+            expand = lambda t: jax.tree.map(lambda x: x[None], t)  # noqa: E731
+            b, s = _track_best(expand(params), expand(best_params), expand(status), vloss[None],
+                               jnp.asarray(step, jnp.int32),
+                               jnp.asarray(config.min_delta, jnp.float32),
+                               jnp.asarray(patience, jnp.int32))
+            best_params, status = jax.tree.map(lambda x: x[0], (b, s))
+        val_losses.append(np.asarray(vloss))
+        val_steps.append(step)
+        return best_params, status
+
+    # The initial values are a candidate for "best" too.
+    best_params, status = check(params, params, status, 0)
+    step = 0
+    # Warm-up stages of the horizon curriculum: no early stopping, and the best
+    # parameters are only tracked on the full horizon, so reset after warm-up.
+    n_time = train.ts.shape[0]
+    for frac, n_steps in config.curriculum:
+        sub = train.truncate(max(2, int(math.ceil(frac * n_time))))
+        run = _chunk_fn(tx, rollout, *lossargs, n_steps, batched)
+        params, opt_state, status, losses = run(params, opt_state, status, rest, context, sub)
+        curves.append(np.asarray(losses))
+        step += n_steps
+    if config.curriculum:
+        best_params, status = check(params, best_params, status, step)
+
+    # Full horizon with early stopping on the monitored split.
+    steps_done = 0
+    while steps_done < config.steps:
+        n_steps = min(config.eval_every, config.steps - steps_done)
+        run = _chunk_fn(tx, rollout, *lossargs, n_steps, batched)
+        params, opt_state, status, losses = run(params, opt_state, status, rest, context, train)
+        curves.append(np.asarray(losses))
+        steps_done += n_steps
+        step += n_steps
+        best_params, status = check(params, best_params, status, step)
+        host = {k: np.asarray(v) for k, v in vars(status).items()}
+        if on_eval is not None:
+            on_eval(host)
+        if not np.any(host["alive"] & ~host["stopped"]):
+            break
+
+    host = {k: np.asarray(v) for k, v in vars(status).items()}
+    train_curve = np.concatenate(curves, axis=0)  # [step, member] or [step]
+    val_curve = np.stack(val_losses, axis=0)
+    if batched:
+        train_curve, val_curve = train_curve.T, val_curve.T
+    return TrainOutcome(
+        params=best_params,
+        rest=rest,
+        status=host,
+        train_curve=train_curve,
+        val_curve=val_curve,
+        val_steps=np.asarray(val_steps),
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def evaluate_members(params, rest, *, rollout, context, data: SplitData, config: FitConfig,
+                     mesh=None, batched=True) -> dict:
+    """Loss, MSE and divergence of every member on `data` (host numpy arrays)."""
+    if batched:
+        params, rest = shard_members((params, rest), mesh)
+        context, data = replicate((context, data), mesh)
+    out = _eval_fn(rollout, config.loss_scale, config.aphynity_weight, batched)(
+        params, rest, context, data
+    )
+    names = ("loss", "mse", "diverged", "reason", "t_diverged")
+    return {k: np.asarray(v) for k, v in zip(names, out)}
