@@ -73,17 +73,15 @@ def _problem():
 
     from leads_jax.compile import compile_structure, replace_parameters
     from leads_jax.fit import SplitData
-    from leads_jax.fit._fit import SimulateRollout, _SampleStimulus
+    from leads_jax.fit._fit import SimulateRollout
     from leads_jax.geometry import Geometry
     from leads_jax.simulate import simulate
+    from leads_jax.stimulus import Stimulus
     from leads_jax.structure import Structure
 
     geo = Geometry.cable(N_NODES, dx=DX)
     ts = jnp.linspace(0.0, T_END, N_SAVE)
-    sites = np.zeros(N_NODES, np.float32)
-    sites[:3] = 1.0
-    stim = _SampleStimulus(jnp.asarray(sites), jnp.asarray(0.5), jnp.asarray(2.0),
-                           jnp.asarray([0.0]))
+    stim = Stimulus.single(geo, "left")  # 0.5 per ms for 2 ms on nodes 0-2
     truth = compile_structure(Structure.make("aliev-panfilov"), geo, key=jax.random.key(0))
     truth = replace_parameters(truth, eps0=0.01, D=D_TRUE)
     traj = simulate(truth, geo, stim, ts, dt=DT)
@@ -271,7 +269,7 @@ def write(rows, device, out: pathlib.Path):
             "platform": platform.platform(),
             "python": sys.version.split()[0],
             "jax": jax.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         },
     )
     atomic_write_bytes(out / f"fit_throughput_{device}.nc", bytes(ds.to_netcdf(engine="h5netcdf")))

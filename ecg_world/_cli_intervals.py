@@ -91,7 +91,10 @@ def run(args) -> int:
     if args.per_beat:
         print("\nper beat: median [IQR], ms")
         for lead, row in rows.items():
-            parts = [f"{_LABEL[c]} {row['beat_' + c][1]:.0f} [{row['beat_' + c][0]:.0f}-"
-                     f"{row['beat_' + c][2]:.0f}]" for c in ("rr", "pr", "qrs", "qt", "qtc_fridericia")]
+            parts = [
+                f"{_LABEL[c]} {row['beat_' + c][1]:.0f} [{row['beat_' + c][0]:.0f}-"
+                f"{row['beat_' + c][2]:.0f}]"
+                for c in ("rr", "pr", "qrs", "qt", "qtc_fridericia")
+            ]
             print(f"{lead:6s} " + "  ".join(parts))
     return 0

@@ -57,6 +57,7 @@ DEFAULT_LEADS = ("I", "II", "V2")
 _LEAD_INDEX = {n: i for i, n in enumerate(
     ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"])}
 FIRST_R_PEAK_S = 0.25
+WARMUP_S = 5.0
 #: long-QT baselines: QTcF raised by U(40, 90) ms
 LONG_QT_SHIFT_MS = (40.0, 90.0)
 
@@ -95,32 +96,40 @@ def _render_fn(n_samples: int, sampling_rate: float | int, gamma: np.ndarray):
 
     gamma = jnp.asarray(gamma, jnp.float32)
 
+    # the z equation relaxes with a 1 s time constant from its start value: integrate a
+    # warm-up of WARMUP_S seconds first (transient < 1%) and cut it off
+    n_warm = int(round(WARMUP_S * sampling_rate))
+
     def one(ti, ai, bi, hr):
         omega = 2 * jnp.pi * hr / 60.0
-        phase0 = jnp.mod(-omega * FIRST_R_PEAK_S, 2 * jnp.pi)
+        phase0 = jnp.mod(-omega * (FIRST_R_PEAK_S + n_warm / sampling_rate), 2 * jnp.pi)
 
         def lead(g):
             m = McSharryECG(ti, ai * g, bi)
-            return ecg_waveform(m, heart_rate=hr, n_samples=n_samples,
-                                sampling_rate=sampling_rate, hr_scaling="physiological",
-                                scale="none", phase0=phase0)
+            z = ecg_waveform(m, heart_rate=hr, n_samples=n_samples + n_warm,
+                             sampling_rate=sampling_rate, hr_scaling="physiological",
+                             scale="none", phase0=phase0)
+            return z[n_warm:]
 
         return jax.vmap(lead)(gamma)  # (lead, time)
 
     return one
 
 
-def _noise(key, shape, sampling_rate, noise_mv):
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    t = jnp.arange(shape[-1]) / sampling_rate
-    white = noise_mv * jax.random.normal(k1, shape)
-    lead_shape = shape[:-1] + (1,)
-    f = jax.random.uniform(k2, lead_shape + (2,), minval=0.1, maxval=0.4)
-    ph = jax.random.uniform(k3, lead_shape + (2,), maxval=2 * jnp.pi)
-    amp = jax.random.uniform(k4, lead_shape + (2,), maxval=0.05)
-    wander = jnp.sum(amp * jnp.sin(2 * jnp.pi * f * t[..., None] + ph), axis=-1)
-    mains = 0.01 * jnp.sin(2 * jnp.pi * 50.0 * t + ph[..., :1, 0])
-    return white + wander + mains
+def _noise(rng: np.random.Generator, shape, sampling_rate, noise_mv):
+    """White + baseline wander + mains noise (numpy, seeded), see the module docstring."""
+    t = np.arange(shape[-1]) / sampling_rate
+    white = noise_mv * rng.standard_normal(shape, dtype=np.float32)
+    lead_shape = shape[:-1] + (1, 2)
+    f = rng.uniform(0.1, 0.4, lead_shape)
+    ph = rng.uniform(0.0, 2 * np.pi, lead_shape)
+    amp = rng.uniform(0.0, 0.05, lead_shape)
+    wander = np.zeros(shape, np.float32)
+    for k in range(2):
+        wander += (amp[..., k] * np.sin(2 * np.pi * f[..., k] * t + ph[..., k])).astype(
+            np.float32)
+    mains = 0.01 * np.sin(2 * np.pi * 50.0 * t + ph[..., 0])
+    return white + wander + mains.astype(np.float32)
 
 
 def synthesize(
@@ -137,7 +146,7 @@ def synthesize(
     noise_mv: float | int = 0.02,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     calibration: Calibration | None = None,
-    batch_size: int = 16,
+    batch_size: int = 8,
 ) -> xr.Dataset:
     """Synthesize a cohort (see the module docstring for the contents)."""
     if int(n_patients) < 1:
@@ -159,15 +168,20 @@ def synthesize(
 
     cal = calibration or default_calibration()
     lib = cal.library
+    unknown = [d for d in (drugs or ()) if d not in lib]
+    if unknown:
+        raise ValueError(f"unknown drugs {unknown}; valid drugs: {list(lib.names)}")
     drugs = [lib.canonical(d) for d in (drugs or lib.names)]
     n = int(n_patients)
     rng = np.random.default_rng(seed)
-    key = jax.random.PRNGKey(seed)
     base, long_qt = sample_baselines(cal, n, rng=rng, long_qt_share=long_qt_share)
     params, _ = twin_from_intervals(base["RR"], base["PR"], base["QRS"], base["QT"])
-    key, k_eta = jax.random.split(key)
-    eta_pk, eta_pd = cal.variability.sample(k_eta, (n,))
-    params = PatientParams(params.ecg, params.heart_rate, eta_pk, eta_pd)
+    v = cal.variability
+    om = np.array([float(v.omega_exposure), float(v.omega_ke), float(v.omega_ka)])
+    eta_pk = (rng.standard_normal((n, 3)) * om).astype(np.float32)
+    eta_pd = (rng.standard_normal(n) * float(v.omega_pd)).astype(np.float32)
+    params = PatientParams(params.ecg, params.heart_rate, jnp.asarray(eta_pk),
+                           jnp.asarray(eta_pd))
     drug_ids = np.array([lib.index(d) for d in drugs], np.int32)
     std_mg = np.array([dose_to_mg(lib[d].standard_dose, lib[d].dose_unit) for d in drugs])
     mult = np.exp(rng.uniform(np.log(max(lo, 1e-6)), np.log(max(hi, 1e-6)),
@@ -175,6 +189,8 @@ def synthesize(
     if lo == 0:
         mult = rng.uniform(lo, hi, size=(n, len(drugs)))
     dose_mg = (std_mg[None, :] * mult).astype(np.float32)
+    if "placebo" in drugs:
+        mult[:, drugs.index("placebo")] = 0.0
 
     pharm = Pharmacology(lib.table(), cal.emap, cal.diurnal)
     gamma = MULTILEAD_GAMMA[[_LEAD_INDEX[ld] for ld in leads]]
@@ -182,36 +198,47 @@ def synthesize(
     gain = _gain_mv(McSharryECG.default(), sampling_rate)
     render = _render_fn(n_samples, sampling_rate, gamma)
 
-    def per_cell(p: PatientParams, d, dose, t):
-        a = Action(d, dose, t)
-        q = apply_action(p, a, None, pharm)
-        iv = kernel_intervals(q.ecg, q.heart_rate)
-        wave = render(q.ecg.ti, q.ecg.ai, q.ecg.bi, q.heart_rate) * gain
-        c, ce, _ = concentrations(pharm.table, a, p.eta_pk, pharm.emap.ktol_per_h)
-        blk = channel_block(pharm.table, d, ce)
-        return iv, wave, c, blk, q.ecg.ti, q.ecg.ai, q.ecg.bi, q.heart_rate
+    # one flat batch axis over (patient, action, time) cells, processed in fixed-size chunks
+    # (padded) so that each of the three compiled stages is compiled once
+    na, nt = len(drugs), len(times_h)
+    pi, ai_, ti_ = np.meshgrid(np.arange(n), np.arange(na), np.arange(nt), indexing="ij")
+    pi, ai_, ti_ = pi.ravel(), ai_.ravel(), ti_.ravel()
+    cell_drug = drug_ids[ai_]
+    cell_dose = dose_mg[pi, ai_]
+    cell_t = times_h[ti_].astype(np.float32)
 
-    f = jax.vmap(per_cell, (None, None, None, 0))  # time
-    f = jax.vmap(f, (None, 0, 0, None))  # action
-    f = jax.vmap(f, (0, None, 0, None))  # patient
-    f = jax.jit(f)
+    @jax.jit
+    def stage_params(p: PatientParams, d, dose, t):
+        def one(p1, d1, dose1, t1):
+            a = Action(d1, dose1, t1)
+            q = apply_action(p1, a, None, pharm)
+            c, ce, _ = concentrations(pharm.table, a, p1.eta_pk, pharm.emap.ktol_per_h)
+            return q, c, channel_block(pharm.table, d1, ce)
 
-    def baseline_cell(p: PatientParams):
-        return kernel_intervals(p.ecg, p.heart_rate)
+        return jax.vmap(one)(p, d, dose, t)
 
-    fb = jax.jit(jax.vmap(baseline_cell))
+    stage_iv = jax.jit(jax.vmap(kernel_intervals))
+    stage_wave = jax.jit(jax.vmap(render))
+    chunk = int(batch_size) * na * nt
+    n_cells = pi.size
     outs = []
-    t_arr = jnp.asarray(times_h, jnp.float32)
-    for s in range(0, n, batch_size):
-        sl = slice(s, min(s + batch_size, n))
-        p = jax.tree_util.tree_map(lambda x, sl=sl: x[sl], params)
-        outs.append([np.asarray(o) for o in f(p, jnp.asarray(drug_ids), jnp.asarray(
-            dose_mg[sl]), t_arr)])
-    iv, wave, conc, blk, ti, ai, bi, hr = (np.concatenate([o[i] for o in outs]) for i in
-                                           range(8))
-    base_iv = np.asarray(fb(params))
-    key, k_noise = jax.random.split(key)
-    wave = wave + np.asarray(_noise(k_noise, wave.shape, sampling_rate, noise_mv))
+    for s in range(0, n_cells, chunk):
+        idx = np.arange(s, s + chunk)
+        idx = np.where(idx < n_cells, idx, n_cells - 1)  # pad with the last cell
+        p = jax.tree_util.tree_map(lambda x, idx=idx: x[pi[idx]], params)
+        q, c, blk = stage_params(p, jnp.asarray(cell_drug[idx]), jnp.asarray(cell_dose[idx]),
+                                 jnp.asarray(cell_t[idx]))
+        iv = stage_iv(q.ecg, q.heart_rate)
+        wave = stage_wave(q.ecg.ti, q.ecg.ai, q.ecg.bi, q.heart_rate) * gain
+        keep = min(chunk, n_cells - s)
+        outs.append([np.asarray(x)[:keep] for x in (iv, wave, c, blk, q.ecg.ti, q.ecg.ai,
+                                                    q.ecg.bi, q.heart_rate)])
+    shape = (n, na, nt)
+    iv, wave, conc, blk, ti, ai, bi, hr = (
+        np.concatenate([o[i] for o in outs]).reshape(shape + outs[0][i].shape[1:])
+        for i in range(8))
+    base_iv = np.asarray(stage_iv(params.ecg, params.heart_rate))
+    wave = wave + _noise(rng, wave.shape, sampling_rate, noise_mv)
 
     rr, pr, qrs, qt = (iv[..., i] for i in range(4))
     qtcf = qt / np.cbrt(rr / 1000.0)

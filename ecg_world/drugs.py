@@ -210,7 +210,7 @@ class DrugLibrary:
         return tuple(self.drugs)
 
     def canonical(self, name: str) -> str:
-        """Canonical drug key for a name or alias (e.g. ``"Quinidine Sulph"`` -> ``"quinidine"``)."""
+        """Canonical key of a name or alias (``"Quinidine Sulph"`` -> ``"quinidine"``)."""
         key = str(name).strip().lower()
         if key not in self._alias:
             raise KeyError(

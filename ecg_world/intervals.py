@@ -28,11 +28,13 @@ the largest deflection of the lead's dominant QRS polarity within +-80 ms of the
 **Delineation** on a window of ``[R - before, R + after)`` around each R peak (and on the median
 beat, the sample-wise median of the aligned windows):
 
-- *QRS onset/offset*: the slope envelope ``max_{|k|<=10 ms} |x'(t+k)|`` (the max bridges the
-  zero slope at the Q and S extrema) compared with ``qrs_fraction`` (5 %) of the QRS peak slope;
-  the onset is the last sample before R where the envelope is below it, the offset the first after
-  R (corrected by the envelope half-width). Onsets at a fraction of the peak slope as in Laguna
-  et al. 1994 (Comput Biomed Res 27:45) and Martinez et al. 2004 (IEEE TBME 51:570).
+- *QRS onset/offset*: the QRS is the run of samples around R where the slope envelope
+  ``max_{|k|<=10 ms} |x'(t+k)|`` (the max bridges the zero slope at the Q and S extrema) is at
+  least ``qrs_significant`` (10 %) of the QRS peak slope; from its ends the boundary moves
+  outwards (at most 30 ms) to where ``|x'|`` falls below ``qrs_fraction`` (5 %) of the peak
+  slope. Boundaries at a fraction of the peak slope as in Laguna et al. 1994 (Comput Biomed Res
+  27:45) and Martinez et al. 2004 (IEEE TBME 51:570); the two thresholds keep P and T slopes
+  (about 10 % of the QRS slope) out of the QRS.
 - *Isoelectric level*: the mean of the 15-Hz signal over 10-30 ms before the QRS onset.
 - *T wave*: in ``[QRS offset + 40 ms, R + min(0.6 RR, 500 ms)]`` the largest deviation
   from the isoelectric level is the T peak (either sign: inverted T waves are handled); if a lobe
@@ -41,7 +43,10 @@ beat, the sample-wise median of the aligned windows):
   edge). A T wave smaller than ``t_min_ratio`` (5 %) of the QRS amplitude is too flat to
   measure: T end is NaN. *T end* by the tangent method (Lepeschkin & Surawicz
   1952, Circulation 6:378): the tangent at the steepest return slope after the terminal lobe's
-  peak (descending for an upright lobe, ascending for an inverted one) meets the isoelectric level.
+  peak (descending for an upright lobe, ascending for an inverted one; searched up to the next
+  extremum, so a following P wave is not taken) meets the isoelectric level. That level is the
+  TP segment (30-80 ms after a first estimate made with the PQ level) where the next QRS is
+  more than 200 ms further on, else the PQ level (fast rates, where T runs into the next P).
 - *P wave*: in ``[max(QRS onset - 300 ms, previous T end + 20 ms), QRS onset - 30 ms]`` (the
   previous T end estimated from this beat's own T end and RR) the largest deviation is the P peak;
   a leading lobe of opposite sign makes it biphasic. *P onset*: the last sample before the
@@ -70,6 +75,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+# one definition of the corrections in the project (re-exported here for users)
+from leads_jax.physics.ecg_fiducials import qtc_bazett, qtc_fridericia
 
 __all__ = [
     "IntervalConfig",
@@ -112,7 +120,8 @@ class IntervalConfig:
     after: float = 0.8
     slope_envelope: float = 0.010
     qrs_fraction: float = 0.05
-    qrs_significant: float = 0.2
+    qrs_significant: float = 0.1
+    qrs_extend: float = 0.03
     p_fraction: float = 0.05
     p_min_ratio: float = 0.02
     biphasic_ratio: float = 0.3
@@ -176,16 +185,6 @@ class IntervalResult(eqx.Module):
     truncated: Bool[Array, "*shape"]
     median: MedianBeatIntervals
     median_beat: Float[Array, "*shape window"]
-
-
-def qtc_bazett(qt_ms: ArrayLike, rr_ms: ArrayLike) -> Array:
-    """Bazett: QT / sqrt(RR in s)."""
-    return jnp.asarray(qt_ms) / jnp.sqrt(jnp.asarray(rr_ms) / 1000.0)
-
-
-def qtc_fridericia(qt_ms: ArrayLike, rr_ms: ArrayLike) -> Array:
-    """Fridericia: QT / (RR in s)^(1/3)."""
-    return jnp.asarray(qt_ms) / jnp.cbrt(jnp.asarray(rr_ms) / 1000.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,13 +334,14 @@ def _delineate_window(w, valid, rr_prev, rr_next, cfg: IntervalConfig):
     peak_slope = jnp.max(jnp.where(near_r, jnp.abs(dq), 0.0))
     # the first and last significant QRS slopes (the envelope bridges the zero slope at
     # the Q and S extrema), then outwards to where |x'| falls below qrs_fraction of the peak
-    strong = env >= cfg.qrs_significant * peak_slope
-    lo_on, hi_off = pre - s(0.15), pre + s(0.2)
-    k0 = jnp.min(jnp.where(strong & (j >= lo_on) & (j <= pre), j, pre)) + env_half
-    k1 = jnp.max(jnp.where(strong & (j >= pre) & (j <= hi_off), j, pre)) - env_half
+    quiet = env < cfg.qrs_significant * peak_slope
+    lo_on, hi_off = pre - s(0.2), pre + s(0.25)
+    k0 = jnp.max(jnp.where(quiet & (j < pre) & (j >= lo_on), j, lo_on - env_half)) + env_half
+    k1 = jnp.min(jnp.where(quiet & (j > pre) & (j <= hi_off), j, hi_off + env_half)) - env_half
+    ext = s(cfg.qrs_extend)
     flat = jnp.abs(dq) < cfg.qrs_fraction * peak_slope
-    on = jnp.max(jnp.where(flat & (j < k0) & (j >= lo_on - s(0.05)), j, lo_on - s(0.05)))
-    off = jnp.min(jnp.where(flat & (j > k1) & (j <= hi_off + s(0.05)), j, hi_off + s(0.05)))
+    on = jnp.max(jnp.where(flat & (j <= k0) & (j >= k0 - ext), j, k0 - ext))
+    off = jnp.min(jnp.where(flat & (j >= k1) & (j <= k1 + ext), j, k1 + ext))
     qrs_amp = jnp.max(jnp.where((j >= on) & (j <= off), w, -jnp.inf)) - jnp.min(
         jnp.where((j >= on) & (j <= off), w, jnp.inf)
     )
@@ -365,10 +365,20 @@ def _delineate_window(w, valid, rr_prev, rr_next, cfg: IntervalConfig):
     biphasic = opp[j2] >= cfg.biphasic_ratio * amp_t
     jt = jnp.where(biphasic, j2, jm)
     st = jnp.where(biphasic, -sgn, sgn)
-    ret = (j > jt) & (j <= jnp.minimum(jt + s(0.2), t_hi + s(0.1))) & valid
+    # the terminal limb ends at the next extremum (a following P wave is not part of it)
+    limb_end = jnp.min(jnp.where(extremum & (j > jt + s(0.02)), j, n_w - 1))
+    ret = (j > jt) & (j <= jnp.minimum(jt + s(0.2), t_hi + s(0.1))) & (j <= limb_end) & valid
     js = jnp.argmax(jnp.where(ret, -st * dt, -jnp.inf))
     slope = dt[js]
-    t_end = js + jnp.clip((base - wt[js]) / jnp.where(slope == 0, jnp.nan, slope), 0.0, s(0.15))
+    safe_slope = jnp.where(slope == 0, jnp.nan, slope)
+    t_end = js + jnp.clip((base - wt[js]) / safe_slope, 0.0, s(0.15))
+    # isoelectric level after the T wave: the TP segment where there is one (30-80 ms after
+    # the first estimate, ending at least 200 ms before the next QRS), else the PQ level
+    tp = (j >= t_end + s(0.03)) & (j <= t_end + s(0.08)) & valid
+    tp_room = t_end + s(0.08) <= on + rr_next - s(0.2)
+    base_tp = jnp.where(tp_room & jnp.any(tp),
+                        jnp.sum(jnp.where(tp, wt, 0.0)) / jnp.maximum(jnp.sum(tp), 1), base)
+    t_end = js + jnp.clip((base_tp - wt[js]) / safe_slope, 0.0, s(0.15))
     t_ok = (
         jnp.any(in_t) & (-st * slope > 0) & (t_end < n_w - 1) & (amp_t >= cfg.t_min_ratio * qrs_amp)
     )
@@ -425,7 +435,6 @@ def _measure_one(x, cfg: IntervalConfig):
     n = x.shape[-1]
     xq = _zero_phase_filter(x, fs, highpass=cfg.baseline_cutoff, lowpass=cfg.qrs_lowpass)
     r, bmask, truncated = _detect_one(x, cfg, xq)
-    m = cfg.max_beats
     dtype = xq.dtype
 
     r_f = r.astype(dtype)
@@ -441,8 +450,7 @@ def _measure_one(x, cfg: IntervalConfig):
     offs = jnp.arange(-pre, post)
     idx = r[:, None] + offs[None, :]
     valid = (idx >= 0) & (idx < n) & bmask[:, None]
-    win = xq[jnp.clip(idx, 0, n - 1)]
-    win = jnp.where(valid, win, xq[jnp.clip(idx, 0, n - 1)])  # edge replicate
+    win = xq[jnp.clip(idx, 0, n - 1)]  # edge-replicated outside the signal
 
     # median beat over beats whose whole window lies inside the signal
     full = jnp.all(valid, axis=1) & bmask
@@ -494,14 +502,14 @@ def _measure_one(x, cfg: IntervalConfig):
         truncated=truncated,
         median=median,
         median_beat=med_beat,
-    ), r
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _measure_batch(x, config: IntervalConfig):
     lead_shape = x.shape[:-1]
     flat = x.reshape((-1, x.shape[-1]))
-    out, _ = jax.vmap(lambda xi: _measure_one(xi, config))(flat)
+    out = jax.vmap(lambda xi: _measure_one(xi, config))(flat)
     out = jax.tree.map(lambda v: v.reshape(lead_shape + v.shape[1:]), out)
     med = MedianBeatIntervals(**out.pop("median"))
     return IntervalResult(median=med, **out)
@@ -603,7 +611,7 @@ def match_beats(
     used = np.zeros(det.size, dtype=bool)
     right = np.searchsorted(det, ref)
     tp = 0
-    for r, k in zip(ref, right):
+    for r, k in zip(ref, right, strict=True):
         best, best_d = -1, tolerance + 1
         for c in range(max(k - 2, 0), min(k + 2, det.size)):
             d = abs(int(det[c]) - int(r))

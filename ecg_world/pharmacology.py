@@ -42,7 +42,16 @@ QTc, PR and QRS changes. It applies to every action, placebo included.
 **McSharry realisation:** fractional changes act on the kernel's wave parameters
 (see :func:`apply_effects`): the T wave's angle and width scale with QT, the P wave's angle
 with PR, the Q/R/S widths and Q/S angles with QRS, and the heart rate moves RR. Drugs differ
-only by PK and block: there is no per-drug ECG parameter anywhere.
+only by PK and block: there is no per-drug ECG parameter anywhere. Two per-drug PK properties
+are nevertheless informed by ECG data in the calibration (:mod:`ecg_world.calibration`): the
+effect-site rate ``ke0`` (hysteresis, e.g. dofetilide's slow hERG binding) and the unbound
+fraction, kept inside the range implied by the label's protein binding.
+
+**References.** McSharry PE et al., IEEE Trans Biomed Eng 2003;50:289-294 (the kernel);
+Sheiner LB et al., Clin Pharmacol Ther 1979;25:358-371 (effect compartment); Crumb WJ et al.,
+J Pharmacol Toxicol Methods 2016;81:251-262 and Li Z et al., Circ Arrhythm Electrophysiol
+2017;10:e004628 (channel potencies, multichannel block); Johannesen L et al., Clin Pharmacol
+Ther 2014;96:549-558 (the SCR-002 study used for calibration).
 """
 
 from __future__ import annotations

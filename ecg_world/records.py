@@ -78,10 +78,13 @@ def _record_base(path: str | os.PathLike) -> pathlib.Path:
     return p
 
 
-def repair_nan(signal: np.ndarray, lead_names: Sequence[str] | None = None) -> tuple[np.ndarray, int]:
+def repair_nan(
+    signal: np.ndarray, lead_names: Sequence[str] | None = None
+) -> tuple[np.ndarray, int]:
     """Linear interpolation over NaN runs along the last axis (constant at the ends).
 
-    **Arguments:** ``signal`` (lead, time). **Returns:** (repaired copy, number of repaired samples).
+    **Arguments:** ``signal`` (lead, time).
+    **Returns:** (repaired copy, number of repaired samples).
     Raises ``ValueError`` naming a lead that has no finite sample at all.
     """
     sig = np.array(signal, dtype=np.float64, copy=True)
@@ -135,7 +138,7 @@ def read_record(
     canonical = [canonical_lead_name(n) for n in original]
     if leads is not None:
         wanted = [canonical_lead_name(n) for n in leads]
-        missing = [n for n, c in zip(leads, wanted) if c not in canonical]
+        missing = [n for n, c in zip(leads, wanted, strict=True) if c not in canonical]
         if missing:
             raise KeyError(
                 f"record {base.name!r} has no lead {missing}; it has {original} "
@@ -207,13 +210,15 @@ def select_leads(ecg: xr.DataArray, leads: Sequence[str] | str) -> xr.DataArray:
         leads = [leads]
     have = [str(x) for x in ecg["lead"].values]
     wanted = [canonical_lead_name(n) for n in leads]
-    missing = [n for n, c in zip(leads, wanted) if c not in have]
+    missing = [n for n, c in zip(leads, wanted, strict=True) if c not in have]
     if missing:
         raise KeyError(f"no lead {missing} in this ECG; it has {have}")
     return ecg.sel(lead=wanted)
 
 
-def remove_baseline(ecg: xr.DataArray, cutoff_hz: float | int = 0.5, order: int = 2) -> xr.DataArray:
+def remove_baseline(
+    ecg: xr.DataArray, cutoff_hz: float | int = 0.5, order: int = 2
+) -> xr.DataArray:
     """Baseline-wander removal: zero-phase Butterworth high-pass (``scipy.signal.sosfiltfilt``,
     effective order ``2*order``) at ``cutoff_hz`` along ``time``."""
     fs = float(ecg.attrs["sampling_rate"])

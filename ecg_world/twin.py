@@ -5,9 +5,10 @@ The twin is the kernel's default beat (:meth:`McSharryECG.default`) deformed by 
 three wave stretches the drug map uses (:func:`ecg_world.pharmacology.scale_waves`: P-wave
 distance/width for PR, Q/R/S widths for QRS, T-wave distance/width for QT) at the measured
 heart rate. The three stretch factors are found by a multiplicative fixed-point iteration on
-the kernel's exact reference intervals (:func:`leads_jax.physics.ecg_fiducials.reference_intervals`),
-pure JAX and ``vmap``-able over subjects; it converges in a few iterations because each
-interval responds (nearly) proportionally to its own stretch.
+the kernel's exact reference intervals
+(:func:`leads_jax.physics.ecg_fiducials.reference_intervals`), pure JAX and ``vmap``-able
+over subjects; it converges in a few iterations because each interval responds (nearly)
+proportionally to its own stretch.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ Data variables:
   each node (units in the attribute ``parameter_units``, JSON).
 - ``stim_sites (sample, node)`` -- stimulus weight per node (0..1);
   ``stim_onsets (sample, pulse)`` ms (NaN-padded); ``stim_amplitude (sample)`` per ms;
-  ``stim_duration (sample)`` ms.
+  ``stim_duration (sample)`` ms; ``activated_fraction (sample)`` share of nodes that
+  activated over the record (a warning is raised below 0.5).
 - geometry: ``geom_vertices (node, xyz)`` cm, ``geom_edges (edge, end)``,
   ``geom_edge_weights (edge)``, ``geom_mass (node)``, ``geom_regions (node)``, and
   ``geom_faces (face, corner)`` when the geometry has faces.
@@ -48,7 +49,8 @@ the training sites over the full horizon (extrapolation in time).
 
 Python: ``make_dataset(...)`` (tiny preset: ``make_dataset("aliev-panfilov",
 Geometry.cable(64), t_train=100)``), ``save_dataset``, ``load_dataset`` (validates),
-``geometry_from_dataset``, ``stimulus_from_dataset``. CLI: ``leads simulate``.
+``geometry_from_dataset``, ``stimulus_from_dataset``, ``stacked_stimuli`` (all samples'
+stimuli stacked for ``vmap``), ``split_dataset``. CLI: ``leads simulate``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -77,6 +80,7 @@ __all__ = [
     "validate_dataset",
     "geometry_from_dataset",
     "stimulus_from_dataset",
+    "stacked_stimuli",
     "split_dataset",
     "default_conductivity",
     "REQUIRED_VARIABLES",
@@ -85,12 +89,30 @@ __all__ = [
 FORMAT = "leads-jax ground truth"
 FORMAT_VERSION = 1
 REQUIRED_VARIABLES = (
-    "observed", "observed_clean", "true_state", "true_parameters", "stim_sites", "stim_onsets",
-    "stim_amplitude", "stim_duration", "geom_vertices", "geom_edges", "geom_edge_weights",
-    "geom_mass", "geom_regions",
+    "observed",
+    "observed_clean",
+    "true_state",
+    "true_parameters",
+    "stim_sites",
+    "stim_onsets",
+    "stim_amplitude",
+    "stim_duration",
+    "geom_vertices",
+    "geom_edges",
+    "geom_edge_weights",
+    "geom_mass",
+    "geom_regions",
 )
-REQUIRED_ATTRS = ("structure", "t_train", "t_test", "reaction", "parameters", "region_names",
-                  "pacing_sites", "geometry_kind")
+REQUIRED_ATTRS = (
+    "structure",
+    "t_train",
+    "t_test",
+    "reaction",
+    "parameters",
+    "region_names",
+    "pacing_sites",
+    "geometry_kind",
+)
 GEOMETRIES = ("cable", "sheet", "ventricle")
 PROTOCOLS = ("single", "s1s2", "train")
 
@@ -104,8 +126,10 @@ def make_geometry(name: str | Geometry, **kwargs) -> Geometry:
     if isinstance(name, Geometry):
         return name
     if not isinstance(name, str) or name.lower() not in GEOMETRIES:
-        raise ValueError(f"unknown geometry {name!r}; valid names are {list(GEOMETRIES)} "
-                         "(or pass a Geometry, e.g. Geometry.from_mesh(...))")
+        raise ValueError(
+            f"unknown geometry {name!r}; valid names are {list(GEOMETRIES)} "
+            "(or pass a Geometry, e.g. Geometry.from_mesh(...))"
+        )
     return getattr(Geometry, name.lower())(**kwargs)
 
 
@@ -130,15 +154,23 @@ def make_stimulus(geometry: Geometry, site, protocol: str | Mapping = "single") 
     (kinds: ``single``, ``s1s2``, ``train``; kwargs of the matching Stimulus constructor)."""
     kind, kw = _protocol_kind_kwargs(protocol)
     return {"single": Stimulus.single, "s1s2": Stimulus.s1s2, "train": Stimulus.train}[kind](
-        geometry, site, **kw)
+        geometry, site, **kw
+    )
 
 
 def default_conductivity(geometry: Geometry) -> float:
-    """A conductivity (cm^2/ms) that resolves the wave front on this geometry's spacing:
-    ``1e-3 * (mean edge length / 0.025 cm)^2`` (1e-3 on the default cable and sheet;
-    coarser meshes get a proportionally wider front so conduction does not fail)."""
+    """A conductivity (cm^2/ms) suited to the geometry's node spacing h (mean edge
+    length): ``1e-3 * (h / 0.025 cm)^2`` on cables and graphs (1e-3 on the default
+    cable) and a 16th of that on surfaces (sheet, mesh: about 6e-3 on the default
+    ventricle). Scaling with h^2 keeps the wave front a similar number of nodes wide;
+    the smaller surface value keeps the critical nucleus (~ D / speed) below the
+    pacing patch, so every catalog model (FitzHugh-Nagumo included) propagates from
+    the built-in pacing sites with the default stimulus."""
     h = float(np.mean(np.asarray(geometry.edge_lengths())))
-    return float(min(max(1e-3 * (h / 0.025) ** 2, 1e-5), 0.5))
+    d = 1e-3 * (h / 0.025) ** 2
+    if geometry.kind in ("sheet", "mesh"):
+        d /= 16.0
+    return float(f"{min(max(d, 1e-6), 0.5):.3g}")
 
 
 def _resolve_structure(model):
@@ -281,8 +313,10 @@ def make_dataset(
     names = tuple(hm.params.names)
     unknown = set(values) - set(names)
     if unknown:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for {structure.reaction}; "
-                         f"valid names are {names}")
+        raise ValueError(
+            f"unknown parameter(s) {sorted(unknown)} for {structure.reaction}; "
+            f"valid names are {names}"
+        )
     explicit = {p.name for p in structure.parameters if p.value is not None}
     if "D" in names and "D" not in values and "D" not in explicit:
         values["D"] = default_conductivity(geo)
@@ -305,8 +339,9 @@ def make_dataset(
     flat = [(si, pi, st) for si in range(len(pacing_sites)) for pi, st in enumerate(stims[si])]
     n_pulse = max([st.n_pulses for _, _, st in flat] + [1])
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *[st.padded(n_pulse) for _, _, st in flat])
-    run = eqx.filter_jit(eqx.filter_vmap(
-        lambda st: simulate(hm, geo, st, ts, solver=solver, dt=dt), in_axes=(0,)))
+    run = eqx.filter_jit(
+        eqx.filter_vmap(lambda st: simulate(hm, geo, st, ts, solver=solver, dt=dt), in_axes=(0,))
+    )
     tr = run(stacked)
     diverged = np.asarray(tr.diverged)
     if diverged.any():
@@ -319,6 +354,17 @@ def make_dataset(
             "lower dt or change the parameters"
         )
     obs = list(np.asarray(tr.observed, dtype=np.float32))
+    from .measure import activation_times
+
+    activated = np.isfinite(activation_times(np.stack(obs), ts).values).mean(axis=-1)
+    for i, frac in enumerate(activated):
+        if frac < 0.5:
+            si, pi, _ = flat[i]
+            warnings.warn(
+                f"ground truth sample {i} (site {site_names[si]!r}): only {frac:.0%} of the nodes "
+                "activated; raise the stimulus amplitude/duration, lower D, or lengthen t_train",
+                stacklevel=2,
+            )
     states = list(np.asarray(tr.state, dtype=np.float32))
     labels, prot_names, prot_json, split, stim_list = [], [], [], [], []
     for si, pi, st in flat:
@@ -333,8 +379,9 @@ def make_dataset(
     rng = np.random.default_rng([int(seed), 7919])
     span = float(np.nanmax(clean) - np.nanmin(clean))
     noise_std = float(noise) * span
-    noisy = clean + (rng.normal(0.0, noise_std, clean.shape).astype(np.float32)
-                     if noise_std > 0 else 0.0)
+    noisy = clean + (
+        rng.normal(0.0, noise_std, clean.shape).astype(np.float32) if noise_std > 0 else 0.0
+    )
 
     true_struct = _true_structure(structure, true, geo)
     onsets = np.full((len(stim_list), n_pulse), np.nan)
@@ -343,22 +390,47 @@ def make_dataset(
     specs_units = _parameter_units(hm)
     ds = xr.Dataset(
         {
-            "observed": (("sample", "time", "node"), noisy.astype(np.float32),
-                         {"units": "mV", "long_name": "observed transmembrane potential (noisy)"}),
-            "observed_clean": (("sample", "time", "node"), clean,
-                               {"units": "mV", "long_name": "observed potential without noise"}),
-            "true_state": (("sample", "time", "state", "node"), states,
-                      {"long_name": "true state variables (model units)"}),
-            "true_parameters": (("parameter", "node"),
-                                np.stack([np.broadcast_to(true[n], (geo.n_nodes,)) for n in names]),
-                                {"long_name": "true physical parameter values per node"}),
-            "stim_sites": (("sample", "node"), np.stack([np.asarray(s.sites) for s in stim_list]),
-                           {"long_name": "stimulus weight per node (0..1)"}),
+            "observed": (
+                ("sample", "time", "node"),
+                noisy.astype(np.float32),
+                {"units": "mV", "long_name": "observed transmembrane potential (noisy)"},
+            ),
+            "observed_clean": (
+                ("sample", "time", "node"),
+                clean,
+                {"units": "mV", "long_name": "observed potential without noise"},
+            ),
+            "true_state": (
+                ("sample", "time", "state", "node"),
+                states,
+                {"long_name": "true state variables (model units)"},
+            ),
+            "true_parameters": (
+                ("parameter", "node"),
+                np.stack([np.broadcast_to(true[n], (geo.n_nodes,)) for n in names]),
+                {"long_name": "true physical parameter values per node"},
+            ),
+            "stim_sites": (
+                ("sample", "node"),
+                np.stack([np.asarray(s.sites) for s in stim_list]),
+                {"long_name": "stimulus weight per node (0..1)"},
+            ),
             "stim_onsets": (("sample", "pulse"), onsets, {"units": "ms"}),
-            "stim_amplitude": (("sample",), np.array([float(s.amplitude) for s in stim_list]),
-                               {"units": "state units per ms"}),
-            "stim_duration": (("sample",), np.array([float(s.duration) for s in stim_list]),
-                              {"units": "ms"}),
+            "stim_amplitude": (
+                ("sample",),
+                np.array([float(s.amplitude) for s in stim_list]),
+                {"units": "state units per ms"},
+            ),
+            "stim_duration": (
+                ("sample",),
+                np.array([float(s.duration) for s in stim_list]),
+                {"units": "ms"},
+            ),
+            "activated_fraction": (
+                ("sample",),
+                activated,
+                {"long_name": "share of nodes activated (50% upstroke) in the whole record"},
+            ),
             **_geometry_variables(geo),
         },
         coords={
@@ -371,8 +443,11 @@ def make_dataset(
             "pacing_site": ("sample", labels),
             "protocol": ("sample", prot_names),
             "split": ("sample", split),
-            "in_train_horizon": ("time", (ts <= t_train + 1e-9).astype(np.int8),
-                                 {"long_name": "1 inside the training horizon, 0 beyond"}),
+            "in_train_horizon": (
+                "time",
+                (ts <= t_train + 1e-9).astype(np.int8),
+                {"long_name": "1 inside the training horizon, 0 beyond"},
+            ),
         },
         attrs={
             "format": FORMAT,
@@ -444,8 +519,11 @@ def _geometry_variables(geo: Geometry) -> dict[str, tuple]:
     out = {
         "geom_vertices": (("node", "xyz"), a["vertices"], {"units": "cm"}),
         "geom_edges": (("edge", "end"), a["edges"].astype(np.int32)),
-        "geom_edge_weights": (("edge",), a["edge_weights"],
-                              {"long_name": "stiffness weight w_ij (L = M^-1 C)"}),
+        "geom_edge_weights": (
+            ("edge",),
+            a["edge_weights"],
+            {"long_name": "stiffness weight w_ij (L = M^-1 C)"},
+        ),
         "geom_mass": (("node",), a["mass"], {"long_name": "lumped mass / control volume"}),
         "geom_regions": (("node",), a["regions"].astype(np.int32)),
     }
@@ -467,6 +545,9 @@ def save_dataset(ds: xr.Dataset, path: str | os.PathLike) -> str:
     os.close(fd)
     try:
         ds.to_netcdf(tmp, engine="h5netcdf")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; use the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -480,15 +561,18 @@ def validate_dataset(ds: xr.Dataset, *, allow_nan: bool = False) -> xr.Dataset:
     geometry, and no NaN/inf in ``observed`` (names the bad samples). Returns ``ds``."""
     missing = [v for v in REQUIRED_VARIABLES if v not in ds.variables]
     if missing:
-        raise ValueError(f"dataset is missing variable(s) {missing}; expected {list(REQUIRED_VARIABLES)}")
+        raise ValueError(
+            f"dataset is missing variable(s) {missing}; expected {list(REQUIRED_VARIABLES)}"
+        )
     missing = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
     if missing:
         raise ValueError(f"dataset is missing attribute(s) {missing}")
     if ds["observed"].dims != ("sample", "time", "node"):
         raise ValueError(f"observed must have dims (sample, time, node); got {ds['observed'].dims}")
     if ds["true_state"].dims != ("sample", "time", "state", "node"):
-        raise ValueError("true_state must have dims (sample, time, state, node); got "
-                         f"{ds['true_state'].dims}")
+        raise ValueError(
+            f"true_state must have dims (sample, time, state, node); got {ds['true_state'].dims}"
+        )
     for c in ("split", "pacing_site", "time"):
         if c not in ds.coords:
             raise ValueError(f"dataset is missing coordinate {c!r}")
@@ -531,8 +615,12 @@ def geometry_from_dataset(ds: xr.Dataset) -> Geometry:
     faces = ds["geom_faces"].values if "geom_faces" in ds.variables else None
     sites = json.loads(ds.attrs["pacing_sites"])
     return Geometry.from_arrays(
-        ds["geom_vertices"].values, ds["geom_edges"].values, ds["geom_edge_weights"].values,
-        ds["geom_mass"].values, ds["geom_regions"].values.astype(np.int64), faces,
+        ds["geom_vertices"].values,
+        ds["geom_edges"].values,
+        ds["geom_edge_weights"].values,
+        ds["geom_mass"].values,
+        ds["geom_regions"].values.astype(np.int64),
+        faces,
         kind=str(ds.attrs.get("geometry_kind", "graph")),
         region_names=json.loads(ds.attrs["region_names"]),
         pacing_sites={k: np.asarray(v, dtype=np.int64) for k, v in sites.items()},
@@ -540,16 +628,31 @@ def geometry_from_dataset(ds: xr.Dataset) -> Geometry:
     )
 
 
-def stimulus_from_dataset(ds: xr.Dataset, sample: int, geometry: Geometry | None = None
-                          ) -> Stimulus:
+def stimulus_from_dataset(
+    ds: xr.Dataset, sample: int, geometry: Geometry | None = None
+) -> Stimulus:
     """The :class:`Stimulus` of one sample."""
     geo = geometry_from_dataset(ds) if geometry is None else geometry
     on = np.asarray(ds["stim_onsets"].values[sample])
     return Stimulus.custom(
-        geo, np.asarray(ds["stim_sites"].values[sample]), onsets=on[np.isfinite(on)],
+        geo,
+        np.asarray(ds["stim_sites"].values[sample]),
+        onsets=on[np.isfinite(on)],
         amplitude=float(ds["stim_amplitude"].values[sample]),
         duration=float(ds["stim_duration"].values[sample]),
     )
+
+
+def stacked_stimuli(ds: xr.Dataset, geometry: Geometry | None = None) -> Stimulus:
+    """Every sample's :class:`Stimulus`, padded to one pulse count and stacked along a
+    leading ``sample`` axis (for ``vmap`` over samples, e.g. with
+    ``eqx.filter_vmap(lambda st: simulate(model, geo, st, ts))(stacked)``)."""
+    import jax.numpy as jnp
+
+    geo = geometry_from_dataset(ds) if geometry is None else geometry
+    stims = [stimulus_from_dataset(ds, i, geo) for i in range(ds.sizes["sample"])]
+    n = max([s.n_pulses for s in stims] + [1])
+    return jax.tree.map(lambda *x: jnp.stack(x), *[s.padded(n) for s in stims])
 
 
 def split_dataset(ds: xr.Dataset, split: str = "train", *, horizon: str = "train") -> xr.Dataset:
@@ -562,8 +665,10 @@ def split_dataset(ds: xr.Dataset, split: str = "train", *, horizon: str = "train
         raise ValueError(f"horizon must be 'train' or 'test'; got {horizon!r}")
     out = ds if split == "all" else ds.isel(sample=np.where(ds["split"].values == split)[0])
     if out.sizes["sample"] == 0:
-        raise ValueError(f"the dataset has no {split!r} samples (splits: "
-                         f"{sorted(set(ds['split'].values.tolist()))})")
+        raise ValueError(
+            f"the dataset has no {split!r} samples (splits: "
+            f"{sorted(set(ds['split'].values.tolist()))})"
+        )
     if horizon == "train":
         out = out.isel(time=np.where(ds["in_train_horizon"].values.astype(bool))[0])
     return out

@@ -162,7 +162,9 @@ def _check_vertices(vertices, what="vertices") -> np.ndarray:
 def _check_index_array(idx, n_nodes: int, width: int, what: str) -> np.ndarray:
     a = np.asarray(idx)
     if a.ndim != 2 or a.shape[1] != width or a.shape[0] == 0:
-        raise ValueError(f"{what} must have shape ({what[:-1]}, {width}) and be non-empty; got {a.shape}")
+        raise ValueError(
+            f"{what} must have shape ({what[:-1]}, {width}) and be non-empty; got {a.shape}"
+        )
     if not np.issubdtype(a.dtype, np.integer):
         if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
             raise ValueError(f"{what} must hold integer node indices")
@@ -182,7 +184,7 @@ def _check_isolated(n_nodes: int, used: np.ndarray, what: str):
     isolated = np.setdiff1d(np.arange(n_nodes), np.unique(used))
     if isolated.size:
         raise ValueError(
-            f"{what}: {isolated.size} isolated node(s) belong to no {what[:-1] if what.endswith('s') else what}"
+            f"{what}: {isolated.size} isolated node(s) belong to no {what[:-1]}"
             f" (first indices {isolated[:10].tolist()}); remove them or connect them"
         )
 
@@ -196,7 +198,9 @@ def _normalise_regions(regions, region_names, n_nodes) -> tuple[np.ndarray, tupl
         return r, names
     r = np.asarray(regions)
     if r.shape != (n_nodes,):
-        raise ValueError(f"regions must have shape ({n_nodes},) (one label per node); got {r.shape}")
+        raise ValueError(
+            f"regions must have shape ({n_nodes},) (one label per node); got {r.shape}"
+        )
     if not np.issubdtype(r.dtype, np.integer):
         raise ValueError(f"regions must be integer labels 0..n_regions-1; got dtype {r.dtype}")
     if r.min() < 0:
@@ -208,7 +212,8 @@ def _normalise_regions(regions, region_names, n_nodes) -> tuple[np.ndarray, tupl
         names = tuple(str(s) for s in region_names)
         if len(names) < n_regions:
             raise ValueError(
-                f"regions: labels go up to {n_regions - 1} but only {len(names)} region_names were given"
+                f"regions: labels go up to {n_regions - 1} but only {len(names)} "
+                "region_names were given"
             )
         if len(set(names)) != len(names):
             raise ValueError(f"region_names must be unique; got {names}")
@@ -299,7 +304,7 @@ class Geometry(eqx.Module):
         return jnp.moveaxis(acc, 0, -1) / self.mass
 
     def stiffness_action(self, u: Float[Array, "*batch node"]) -> Float[Array, "*batch node"]:
-        """``C u`` without the mass: ``sum_j w_ij (u_j - u_i)`` (conserves sum, not mass-weighted)."""
+        """``C u`` without the mass: ``sum_j w_ij (u_j - u_i)`` (conserves the plain sum)."""
         return self.laplacian(u) * self.mass
 
     def dense_laplacian(self) -> Float[Array, "node node"]:
@@ -375,7 +380,8 @@ class Geometry(eqx.Module):
             return self.region_names.index(name)
         except ValueError:
             raise ValueError(
-                f"unknown region {name!r} on geometry {self.name!r}; valid: {list(self.region_names)}"
+                f"unknown region {name!r} on geometry {self.name!r}; "
+                f"valid: {list(self.region_names)}"
             ) from None
 
     def nearest_node(self, point) -> int:
@@ -391,21 +397,39 @@ class Geometry(eqx.Module):
     def with_regions(self, regions, region_names=None) -> "Geometry":
         r, names = _normalise_regions(regions, region_names, self.n_nodes)
         return Geometry(
-            self.vertices, self.edges, self.edge_weights, self.mass, jnp.asarray(r), self.faces,
-            kind=self.kind, n_regions=len(names), region_names=names,
-            pacing_sites=self.pacing_sites, name=self.name,
+            self.vertices,
+            self.edges,
+            self.edge_weights,
+            self.mass,
+            jnp.asarray(r),
+            self.faces,
+            kind=self.kind,
+            n_regions=len(names),
+            region_names=names,
+            pacing_sites=self.pacing_sites,
+            name=self.name,
         )
 
     def with_pacing_sites(self, sites, *, replace: bool = False) -> "Geometry":
         """Add (or with ``replace=True`` replace) named pacing sites ``{name: nodes}``."""
         new = _normalise_sites(sites, self.n_nodes)
-        keep = () if replace else tuple(
-            s for s in self.pacing_sites if s[0] not in {n for n, _ in new}
+        keep = (
+            ()
+            if replace
+            else tuple(s for s in self.pacing_sites if s[0] not in {n for n, _ in new})
         )
         return Geometry(
-            self.vertices, self.edges, self.edge_weights, self.mass, self.regions, self.faces,
-            kind=self.kind, n_regions=self.n_regions, region_names=self.region_names,
-            pacing_sites=keep + new, name=self.name,
+            self.vertices,
+            self.edges,
+            self.edge_weights,
+            self.mass,
+            self.regions,
+            self.faces,
+            kind=self.kind,
+            n_regions=self.n_regions,
+            region_names=self.region_names,
+            pacing_sites=keep + new,
+            name=self.name,
         )
 
     # -- serialisation (numpy) ------------------------------------------------------
@@ -426,9 +450,20 @@ class Geometry(eqx.Module):
         return out
 
     @classmethod
-    def from_arrays(cls, vertices, edges, edge_weights, mass, regions, faces=None, *,
-                    kind="graph", region_names=None, pacing_sites=None, name="geometry"
-                    ) -> "Geometry":
+    def from_arrays(
+        cls,
+        vertices,
+        edges,
+        edge_weights,
+        mass,
+        regions,
+        faces=None,
+        *,
+        kind="graph",
+        region_names=None,
+        pacing_sites=None,
+        name="geometry",
+    ) -> "Geometry":
         """Rebuild a geometry from stored arrays (validated; weights taken as given)."""
         v = _check_vertices(vertices)
         n = v.shape[0]
@@ -436,7 +471,9 @@ class Geometry(eqx.Module):
         w = np.asarray(edge_weights, dtype=np.float64)
         m = np.asarray(mass, dtype=np.float64)
         if w.shape != (e.shape[0],) or not np.all(np.isfinite(w)):
-            raise ValueError(f"edge_weights must be finite with shape ({e.shape[0]},); got {w.shape}")
+            raise ValueError(
+                f"edge_weights must be finite with shape ({e.shape[0]},); got {w.shape}"
+            )
         if m.shape != (n,) or not np.all(np.isfinite(m)) or np.any(m <= 0):
             raise ValueError(f"mass must be positive and finite with shape ({n},)")
         f = None if faces is None else _check_index_array(faces, n, 3, "faces")
@@ -461,8 +498,15 @@ class Geometry(eqx.Module):
 
     # -- constructors -------------------------------------------------------------------
     @classmethod
-    def cable(cls, n_nodes: int = 64, dx: float = 0.025, *, n_regions: int = 2,
-              site_width: int = 3, name: str | None = None) -> "Geometry":
+    def cable(
+        cls,
+        n_nodes: int = 64,
+        dx: float = 0.025,
+        *,
+        n_regions: int = 2,
+        site_width: int = 3,
+        name: str | None = None,
+    ) -> "Geometry":
         """1-D cable of ``n_nodes`` nodes spaced ``dx`` cm along x (no-flux ends).
 
         Regions: ``n_regions`` equal segments (names ``"proximal", "distal"`` for 2,
@@ -482,8 +526,11 @@ class Geometry(eqx.Module):
         m = np.full(n_nodes, dx)
         m[0] = m[-1] = dx / 2
         r = np.minimum((np.arange(n_nodes) * n_regions) // n_nodes, n_regions - 1)
-        names = ("proximal", "distal") if n_regions == 2 else tuple(
-            f"segment_{k}" for k in range(n_regions))
+        names = (
+            ("proximal", "distal")
+            if n_regions == 2
+            else tuple(f"segment_{k}" for k in range(n_regions))
+        )
         sw = min(site_width, n_nodes)
         c0 = max(0, n_nodes // 2 - sw // 2)
         sites = {
@@ -491,12 +538,19 @@ class Geometry(eqx.Module):
             "right": range(n_nodes - sw, n_nodes),
             "center": range(c0, c0 + sw),
         }
-        return cls._build(v, e, w, m, r, names, None, "cable", sites,
-                          name or f"cable{n_nodes}")
+        return cls._build(v, e, w, m, r, names, None, "cable", sites, name or f"cable{n_nodes}")
 
     @classmethod
-    def sheet(cls, nx: int = 32, ny: int = 32, dx: float = 0.025, *, n_regions: int = 2,
-              site_width: int = 3, name: str | None = None) -> "Geometry":
+    def sheet(
+        cls,
+        nx: int = 32,
+        ny: int = 32,
+        dx: float = 0.025,
+        *,
+        n_regions: int = 2,
+        site_width: int = 3,
+        name: str | None = None,
+    ) -> "Geometry":
         """2-D sheet of ``nx * ny`` nodes on a square grid of spacing ``dx`` cm in the
         z = 0 plane; node ``iy * nx + ix`` at ``(ix dx, iy dx, 0)``; no-flux borders.
 
@@ -536,8 +590,9 @@ class Geometry(eqx.Module):
         c, d = node(cx + 1, cy + 1).ravel(), node(cx, cy + 1).ravel()
         faces = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
         r = np.minimum((ix * n_regions) // nx, n_regions - 1)
-        names = ("left", "right") if n_regions == 2 else tuple(
-            f"band_{k}" for k in range(n_regions))
+        names = (
+            ("left", "right") if n_regions == 2 else tuple(f"band_{k}" for k in range(n_regions))
+        )
         sw = min(site_width, nx, ny)
         cx0, cy0 = max(0, nx // 2 - sw // 2), max(0, ny // 2 - sw // 2)
         sites = {
@@ -548,13 +603,21 @@ class Geometry(eqx.Module):
             "corner": np.where((ix < sw) & (iy < sw))[0],
             "center": np.where((ix >= cx0) & (ix < cx0 + sw) & (iy >= cy0) & (iy < cy0 + sw))[0],
         }
-        return cls._build(v, e, w, m, r, names, faces, "sheet", sites,
-                          name or f"sheet{nx}x{ny}")
+        return cls._build(v, e, w, m, r, names, faces, "sheet", sites, name or f"sheet{nx}x{ny}")
 
     @classmethod
-    def from_mesh(cls, vertices, faces, *, regions=None, region_names=None, pacing_sites=None,
-                  name: str = "mesh", negative_weights: str = "clip",
-                  area_tol: float = 1e-12) -> "Geometry":
+    def from_mesh(
+        cls,
+        vertices,
+        faces,
+        *,
+        regions=None,
+        region_names=None,
+        pacing_sites=None,
+        name: str = "mesh",
+        negative_weights: str = "clip",
+        area_tol: float = 1e-12,
+    ) -> "Geometry":
         """A user's triangle mesh: cotangent stiffness, barycentric lumped mass.
 
         Checks: finite coordinates, integer faces in range, no repeated index within a
@@ -593,14 +656,20 @@ class Geometry(eqx.Module):
         ue, ecount = np.unique(all_e, axis=0, return_counts=True)
         if np.any(ecount > 2):
             bad = ue[np.argmax(ecount > 2)]
-            raise ValueError(f"faces: non-manifold edge {bad.tolist()} is shared by more than two faces")
+            raise ValueError(
+                f"faces: non-manifold edge {bad.tolist()} is shared by more than two faces"
+            )
         e, w = cotangent_weights(v, f)
         if negative_weights not in ("clip", "keep", "error"):
-            raise ValueError(f"negative_weights must be 'clip', 'keep' or 'error'; got {negative_weights!r}")
+            raise ValueError(
+                f"negative_weights must be 'clip', 'keep' or 'error'; got {negative_weights!r}"
+            )
         neg = w < 0
         if np.any(neg):
-            msg = (f"mesh {name!r}: {int(neg.sum())} edge(s) have negative cotangent weights "
-                   f"(obtuse angle pairs), min {w.min():.3g}")
+            msg = (
+                f"mesh {name!r}: {int(neg.sum())} edge(s) have negative cotangent weights "
+                f"(obtuse angle pairs), min {w.min():.3g}"
+            )
             if negative_weights == "error":
                 raise ValueError(msg)
             if negative_weights == "clip":
@@ -611,8 +680,18 @@ class Geometry(eqx.Module):
         return cls._build(v, e, w, m, r, names, f, "mesh", pacing_sites, name)
 
     @classmethod
-    def from_edges(cls, vertices, edges, weights=None, *, mass=None, regions=None,
-                   region_names=None, pacing_sites=None, name: str = "graph") -> "Geometry":
+    def from_edges(
+        cls,
+        vertices,
+        edges,
+        weights=None,
+        *,
+        mass=None,
+        regions=None,
+        region_names=None,
+        pacing_sites=None,
+        name: str = "graph",
+    ) -> "Geometry":
         """A user's graph. Defaults: ``w = 1/length^2``, ``m = 1`` (the standard finite
         difference Laplacian on regular grids of any dimension). Edges are made unique
         with i < j; self-loops, duplicates, negative/NaN weights and isolated nodes raise."""
@@ -621,7 +700,9 @@ class Geometry(eqx.Module):
         e = _check_index_array(edges, n, 2, "edges")
         loops = np.where(e[:, 0] == e[:, 1])[0]
         if loops.size:
-            raise ValueError(f"edges: self-loop at node {int(e[loops[0], 0])} (edge {int(loops[0])})")
+            raise ValueError(
+                f"edges: self-loop at node {int(e[loops[0], 0])} (edge {int(loops[0])})"
+            )
         es = np.sort(e, axis=1)
         uniq, first, counts = np.unique(es, axis=0, return_index=True, return_counts=True)
         if np.any(counts > 1):
@@ -631,7 +712,9 @@ class Geometry(eqx.Module):
         if weights is None:
             if np.any(length == 0):
                 k = int(np.argmax(length == 0))
-                raise ValueError(f"edges: edge {es[k].tolist()} joins coincident vertices (zero length)")
+                raise ValueError(
+                    f"edges: edge {es[k].tolist()} joins coincident vertices (zero length)"
+                )
             w = 1.0 / length**2
         else:
             w = np.asarray(weights, dtype=np.float64)
@@ -640,8 +723,10 @@ class Geometry(eqx.Module):
             if not np.all(np.isfinite(w)):
                 raise ValueError("weights: non-finite (NaN/inf) edge weight")
             if np.any(w < 0):
-                raise ValueError(f"weights: negative edge weight at edge {int(np.argmax(w < 0))}; "
-                                 "L would not be dissipative")
+                raise ValueError(
+                    f"weights: negative edge weight at edge {int(np.argmax(w < 0))}; "
+                    "L would not be dissipative"
+                )
         if mass is None:
             m = np.ones(n)
         else:
@@ -653,9 +738,16 @@ class Geometry(eqx.Module):
         return cls._build(v, es[order], w[order], m, r, names, None, "graph", pacing_sites, name)
 
     @classmethod
-    def ventricle(cls, n_nodes: int = 1862, *, radius: float = 2.5, length: float = 5.0,
-                  base: float = 0.3, patch_radius: float = 0.4, name: str | None = None
-                  ) -> "Geometry":
+    def ventricle(
+        cls,
+        n_nodes: int = 1862,
+        *,
+        radius: float = 2.5,
+        length: float = 5.0,
+        base: float = 0.3,
+        patch_radius: float = 0.6,
+        name: str | None = None,
+    ) -> "Geometry":
         """Left-ventricle-like surface: the prolate spheroid
         ``(x^2 + y^2)/radius^2 + z^2/length^2 = 1`` (cm) from the apex ``(0, 0, -length)``
         up to the base plane ``z = base * length`` (open rim, no-flux).
@@ -673,7 +765,9 @@ class Geometry(eqx.Module):
         """
         n_nodes = _as_int(n_nodes, "n_nodes", minimum=100)
         if n_nodes > 20000:
-            raise ValueError(f"n_nodes={n_nodes} is too large for the ventricle generator (<= 20000)")
+            raise ValueError(
+                f"n_nodes={n_nodes} is too large for the ventricle generator (<= 20000)"
+            )
         radius, length = _as_pos(radius, "radius"), _as_pos(length, "length")
         if not (-0.8 <= base <= 0.8):
             raise ValueError(f"base must lie in [-0.8, 0.8] (fraction of length); got {base}")
@@ -683,7 +777,9 @@ class Geometry(eqx.Module):
         zn = (z + length) / (length * (1 + base))  # 0 at apex, 1 at the base
         band = np.where(zn < 1 / 3, 0, np.where(zn < 2 / 3, 1, 2))
         septal = v[:, 0] < 0
-        r = np.where(band == 0, 0, np.where(band == 1, np.where(septal, 1, 2), np.where(septal, 3, 4)))
+        r = np.where(
+            band == 0, 0, np.where(band == 1, np.where(septal, 1, 2), np.where(septal, 3, 4))
+        )
         names = ("apex", "mid_septal", "mid_lateral", "base_septal", "base_lateral")
 
         def surface_point(zfrac, phi):
@@ -691,8 +787,18 @@ class Geometry(eqx.Module):
             rr = radius * np.sqrt(max(0.0, 1 - (zz / length) ** 2))
             return np.array([rr * np.cos(phi), rr * np.sin(phi), zz])
 
-        tmp = Geometry._build(v, np.asarray(geo.edges), np.asarray(geo.edge_weights),
-                              np.asarray(geo.mass), r, names, f, "mesh", None, geo.name)
+        tmp = Geometry._build(
+            v,
+            np.asarray(geo.edges),
+            np.asarray(geo.edge_weights),
+            np.asarray(geo.mass),
+            r,
+            names,
+            f,
+            "mesh",
+            None,
+            geo.name,
+        )
         centres = {
             "apex": np.array([0.0, 0.0, -length]),
             "septum": surface_point(0.5, np.pi),
@@ -874,7 +980,9 @@ def _remove_low_valence(p, f, rim):
             while nxt[poly[-1]] != start:
                 poly.append(nxt[poly[-1]])
             if len(poly) == 4:
-                if np.linalg.norm(p[poly[0]] - p[poly[2]]) < np.linalg.norm(p[poly[1]] - p[poly[3]]):
+                if np.linalg.norm(p[poly[0]] - p[poly[2]]) < np.linalg.norm(
+                    p[poly[1]] - p[poly[3]]
+                ):
                     new = [(poly[0], poly[1], poly[2]), (poly[0], poly[2], poly[3])]
                 else:
                     new = [(poly[1], poly[2], poly[3]), (poly[1], poly[3], poly[0])]

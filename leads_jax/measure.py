@@ -17,7 +17,8 @@ Definitions (per node, per beat; all crossings linearly interpolated in time):
 - **APD_x** (default x = 90%): time from the activation to the first downward
   crossing of ``v_rest + (1 - x) A`` after it. A beat that has not repolarised by
   the end of the record gets NaN.
-- **conduction velocity** (cm/ms; 1 cm/ms = 10 m/s): ``1 / |grad T|`` of the activation-time field ``T``, with the gradient at each node
+- **conduction velocity** (cm/ms; 1 cm/ms = 10 m/s): ``1 / |grad T|`` of the
+  activation-time field ``T``, with the gradient at each node
   from a least-squares fit of ``T_j - T_i = g . (x_j - x_i)`` over its graph
   neighbours (exact for planar waves on any geometry; on a cable it is the
   centred difference).
@@ -68,7 +69,9 @@ def _as_tn(v, ts=None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict]:
         raise ValueError("ts (sample times in ms) is required for plain arrays")
     t = np.asarray(ts, dtype=np.float64)
     if t.shape != (arr.shape[-2],):
-        raise ValueError(f"ts has shape {t.shape} but the time axis (-2) has {arr.shape[-2]} samples")
+        raise ValueError(
+            f"ts has shape {t.shape} but the time axis (-2) has {arr.shape[-2]} samples"
+        )
     if np.any(np.diff(t) <= 0):
         raise ValueError("ts must be strictly increasing")
     lead = tuple(f"dim_{k}" for k in range(arr.ndim - 2))
@@ -102,18 +105,32 @@ def _crossings(x: np.ndarray, t: np.ndarray, level: np.ndarray, upward: bool):
 
 
 def _rest_peak(x, v_rest, v_peak):
-    r = np.nanmin(x, axis=-2) if v_rest is None else np.broadcast_to(
-        np.asarray(v_rest, dtype=np.float64), x.shape[:-2] + x.shape[-1:])
-    p = np.nanmax(x, axis=-2) if v_peak is None else np.broadcast_to(
-        np.asarray(v_peak, dtype=np.float64), x.shape[:-2] + x.shape[-1:])
+    r = (
+        np.nanmin(x, axis=-2)
+        if v_rest is None
+        else np.broadcast_to(np.asarray(v_rest, dtype=np.float64), x.shape[:-2] + x.shape[-1:])
+    )
+    p = (
+        np.nanmax(x, axis=-2)
+        if v_peak is None
+        else np.broadcast_to(np.asarray(v_peak, dtype=np.float64), x.shape[:-2] + x.shape[-1:])
+    )
     return r, p
 
 
 # ----------------------------------------------------------------------------------
 # activation and APD
 # ----------------------------------------------------------------------------------
-def upstroke_times(v, ts=None, *, activation_level: float = 0.5, v_rest=None, v_peak=None,
-                   min_amplitude: float = 10.0, max_beats: int | None = None) -> xr.DataArray:
+def upstroke_times(
+    v,
+    ts=None,
+    *,
+    activation_level: float = 0.5,
+    v_rest=None,
+    v_peak=None,
+    min_amplitude: float = 10.0,
+    max_beats: int | None = None,
+) -> xr.DataArray:
     """Every activation (upward crossing of ``v_rest + activation_level * A``) per node,
     dims ``(..., beat, node)`` padded with NaN; nodes with amplitude below
     ``min_amplitude`` mV (never excited) have none."""
@@ -123,8 +140,8 @@ def upstroke_times(v, ts=None, *, activation_level: float = 0.5, v_rest=None, v_
     level = rest + activation_level * amp
     xs = np.moveaxis(x, -2, -1).reshape(-1, x.shape[-2])  # [series, time]
     cr = _crossings(np.nan_to_num(xs, nan=-np.inf), t, level.reshape(-1), upward=True)
-    ok = (amp.reshape(-1) >= min_amplitude)
-    cr = [c if o else np.zeros(0) for c, o in zip(cr, ok)]
+    ok = amp.reshape(-1) >= min_amplitude
+    cr = [c if o else np.zeros(0) for c, o in zip(cr, ok, strict=True)]
     nb = max([len(c) for c in cr] + [1])
     if max_beats is not None:
         nb = max_beats
@@ -132,18 +149,42 @@ def upstroke_times(v, ts=None, *, activation_level: float = 0.5, v_rest=None, v_
     for s, c in enumerate(cr):
         out[s, : min(nb, len(c))] = c[:nb]
     out = np.moveaxis(out.reshape(x.shape[:-2] + (x.shape[-1], nb)), -1, -2)
-    return _wrap(out, lead, coords, ("beat", "node"), {"beat": np.arange(nb)}, "activation_time",
-                 {"units": "ms", "description":
-                  f"times the potential crossed {activation_level:.0%} of its amplitude upward "
-                  "(one per beat; NaN: no such beat / node never excited)"})
+    return _wrap(
+        out,
+        lead,
+        coords,
+        ("beat", "node"),
+        {"beat": np.arange(nb)},
+        "activation_time",
+        {
+            "units": "ms",
+            "description": f"times the potential crossed {activation_level:.0%} of its "
+            "amplitude upward "
+            "(one per beat; NaN: no such beat / node never excited)",
+        },
+    )
 
 
-def activation_times(v, ts=None, *, after: float = -np.inf, activation_level: float = 0.5,
-                     v_rest=None, v_peak=None, min_amplitude: float = 10.0) -> xr.DataArray:
+def activation_times(
+    v,
+    ts=None,
+    *,
+    after: float = -np.inf,
+    activation_level: float = 0.5,
+    v_rest=None,
+    v_peak=None,
+    min_amplitude: float = 10.0,
+) -> xr.DataArray:
     """First activation time (ms) per node at or after ``after`` ms; NaN if none.
     Dims ``(..., node)``."""
-    up = upstroke_times(v, ts, activation_level=activation_level, v_rest=v_rest,
-                        v_peak=v_peak, min_amplitude=min_amplitude)
+    up = upstroke_times(
+        v,
+        ts,
+        activation_level=activation_level,
+        v_rest=v_rest,
+        v_peak=v_peak,
+        min_amplitude=min_amplitude,
+    )
     vals = up.values
     masked = np.where(vals >= after, vals, np.nan)
     first = np.full(masked.shape[:-2] + masked.shape[-1:], np.nan)
@@ -151,15 +192,24 @@ def activation_times(v, ts=None, *, after: float = -np.inf, activation_level: fl
     first[anyv] = np.nanmin(np.moveaxis(masked, -2, -1)[anyv], axis=-1)
     res = up.isel(beat=0, drop=True).copy(data=first)
     res.name = "activation_time"
-    res.attrs = {"units": "ms", "description":
-                 f"first time (at or after {after} ms) the potential crossed "
-                 f"{activation_level:.0%} of its amplitude upward; NaN: never activated"}
+    res.attrs = {
+        "units": "ms",
+        "description": f"first time (at or after {after} ms) the potential crossed "
+        f"{activation_level:.0%} of its amplitude upward; NaN: never activated",
+    }
     return res
 
 
-def action_potential_duration(v, ts=None, *, repolarisation: float = 0.9,
-                              activation_level: float = 0.5, v_rest=None, v_peak=None,
-                              min_amplitude: float = 10.0) -> xr.DataArray:
+def action_potential_duration(
+    v,
+    ts=None,
+    *,
+    repolarisation: float = 0.9,
+    activation_level: float = 0.5,
+    v_rest=None,
+    v_peak=None,
+    min_amplitude: float = 10.0,
+) -> xr.DataArray:
     """APD at ``repolarisation`` (0.9 -> APD90) per beat and node, dims ``(..., beat, node)``
     in ms: from each activation to the next downward crossing of
     ``v_rest + (1 - repolarisation) * A``. NaN when the beat has not repolarised."""
@@ -167,8 +217,14 @@ def action_potential_duration(v, ts=None, *, repolarisation: float = 0.9,
         raise ValueError(f"repolarisation must lie in (0, 1); got {repolarisation}")
     x, t, lead, coords = _as_tn(v, ts)
     rest, peak = _rest_peak(x, v_rest, v_peak)
-    up = upstroke_times(x, t, activation_level=activation_level, v_rest=rest, v_peak=peak,
-                        min_amplitude=min_amplitude)
+    up = upstroke_times(
+        x,
+        t,
+        activation_level=activation_level,
+        v_rest=rest,
+        v_peak=peak,
+        min_amplitude=min_amplitude,
+    )
     upv = np.moveaxis(up.values, -2, -1).reshape(-1, up.sizes["beat"])  # [series, beat]
     level = (rest + (1 - repolarisation) * (peak - rest)).reshape(-1)
     xs = np.moveaxis(x, -2, -1).reshape(-1, x.shape[-2])
@@ -187,11 +243,20 @@ def action_potential_duration(v, ts=None, *, repolarisation: float = 0.9,
                     apd[s, b] = d[k] - a
     apd = np.moveaxis(apd.reshape(x.shape[:-2] + (x.shape[-1], upv.shape[1])), -1, -2)
     pct = int(round(repolarisation * 100))
-    return _wrap(apd, lead, coords, ("beat", "node"), {"beat": up["beat"].values}, f"apd{pct}",
-                 {"units": "ms", "description":
-                  f"action potential duration at {pct}% repolarisation: from the upward "
-                  f"{activation_level:.0%}-amplitude crossing to the return below "
-                  f"{100 - pct}% of the amplitude above rest (NaN: not repolarised)"})
+    return _wrap(
+        apd,
+        lead,
+        coords,
+        ("beat", "node"),
+        {"beat": up["beat"].values},
+        f"apd{pct}",
+        {
+            "units": "ms",
+            "description": f"action potential duration at {pct}% repolarisation: from the upward "
+            f"{activation_level:.0%}-amplitude crossing to the return below "
+            f"{100 - pct}% of the amplitude above rest (NaN: not repolarised)",
+        },
+    )
 
 
 def apd90(v, ts=None, **kw) -> xr.DataArray:
@@ -251,17 +316,34 @@ def conduction_velocity(act, geometry, *, exclude_nodes=None) -> xr.Dataset:
     dims = tuple(lead)
     ds = xr.Dataset(
         {
-            "cv": (dims + ("node",), cv.reshape(shape), {"units": "cm/ms", "description":
-                   "local conduction velocity 1/|grad T| (1 cm/ms = 10 m/s)"}),
-            "cv_median": (dims, med.reshape(shape[:-1]), {"units": "cm/ms", "description":
-                          "median local conduction velocity over activated nodes"}),
+            "cv": (
+                dims + ("node",),
+                cv.reshape(shape),
+                {
+                    "units": "cm/ms",
+                    "description": "local conduction velocity 1/|grad T| (1 cm/ms = 10 m/s)",
+                },
+            ),
+            "cv_median": (
+                dims,
+                med.reshape(shape[:-1]),
+                {
+                    "units": "cm/ms",
+                    "description": "median local conduction velocity over activated nodes",
+                },
+            ),
             "cv_mean": (dims, mean.reshape(shape[:-1]), {"units": "cm/ms"}),
-            "direction": (dims + ("node", "xyz"), direction.reshape(shape + (3,)),
-                          {"description": "unit vector along which activation propagates"}),
+            "direction": (
+                dims + ("node", "xyz"),
+                direction.reshape(shape + (3,)),
+                {"description": "unit vector along which activation propagates"},
+            ),
         },
         coords={**coords, "xyz": ["x", "y", "z"]},
-        attrs={"description": "conduction velocity from the activation-time gradient "
-               "(least squares over each node's neighbours)"},
+        attrs={
+            "description": "conduction velocity from the activation-time gradient "
+            "(least squares over each node's neighbours)"
+        },
     )
     return ds
 
@@ -281,8 +363,15 @@ class _quiet:
 # ----------------------------------------------------------------------------------
 # phases and error breakdown
 # ----------------------------------------------------------------------------------
-def phase_labels(v, ts=None, *, upstroke_rate: float = 0.05, v_rest=None, v_peak=None,
-                 min_amplitude: float = 10.0) -> xr.DataArray:
+def phase_labels(
+    v,
+    ts=None,
+    *,
+    upstroke_rate: float = 0.05,
+    v_rest=None,
+    v_peak=None,
+    min_amplitude: float = 10.0,
+) -> xr.DataArray:
     """Phase index (0 upstroke, 1 plateau, 2 repolarisation, 3 rest) of every sample,
     dims ``(..., time, node)``; see the module docstring for the rule. Nodes that never
     excite (amplitude < ``min_amplitude`` mV) are ``rest`` throughout."""
@@ -297,9 +386,15 @@ def phase_labels(v, ts=None, *, upstroke_rate: float = 0.05, v_rest=None, v_peak
     lab[(vn >= 0.7)] = 1
     lab[(dv > upstroke_rate) & (vn >= 0.05)] = 0
     lab[np.broadcast_to(amp < min_amplitude, x.shape)] = 3
-    return _wrap(lab, lead, coords, ("time", "node"), {"time": t}, "phase",
-                 {"description": "0 upstroke, 1 plateau, 2 repolarisation, 3 rest",
-                  "phases": list(PHASES)})
+    return _wrap(
+        lab,
+        lead,
+        coords,
+        ("time", "node"),
+        {"time": t},
+        "phase",
+        {"description": "0 upstroke, 1 plateau, 2 repolarisation, 3 rest", "phases": list(PHASES)},
+    )
 
 
 def _rms(err2, mask):
@@ -307,9 +402,19 @@ def _rms(err2, mask):
     return float(np.sqrt(err2[mask].mean())) if cnt else np.nan
 
 
-def error_breakdown(pred, true, ts=None, geometry=None, *, pred_state=None, true_state=None,
-                    state_names=None, n_windows: int = 4, window_edges=None,
-                    upstroke_rate: float = 0.05) -> xr.Dataset:
+def error_breakdown(
+    pred,
+    true,
+    ts=None,
+    geometry=None,
+    *,
+    pred_state=None,
+    true_state=None,
+    state_names=None,
+    n_windows: int = 4,
+    window_edges=None,
+    upstroke_rate: float = 0.05,
+) -> xr.Dataset:
     """Root-mean-square error of ``pred`` against ``true`` (both ``(..., time, node)``,
     mV), broken down by phase of the true trace, time window, mesh region (if a
     geometry is given) and state variable (if ``pred_state``/``true_state`` with dims
@@ -325,13 +430,23 @@ def error_breakdown(pred, true, ts=None, geometry=None, *, pred_state=None, true
     phase = phase_labels(xt, t, upstroke_rate=upstroke_rate).values
     data: dict[str, Any] = {}
     data["rmse"] = ((), _rms(err2, finite), {"units": "mV", "description": "overall RMSE"})
-    data["fraction_nonfinite"] = ((), float(1 - finite.mean()), {"description":
-                                  "share of predicted samples that are NaN/inf (diverged)"})
+    data["fraction_nonfinite"] = (
+        (),
+        float(1 - finite.mean()),
+        {"description": "share of predicted samples that are NaN/inf (diverged)"},
+    )
     by_phase = [_rms(err2, finite & (phase == k)) for k in range(4)]
     frac_phase = [float((phase == k).mean()) for k in range(4)]
-    data["rmse_by_phase"] = (("phase",), by_phase, {"units": "mV", "description":
-                             "RMSE within each phase of the true action potential"})
-    data["phase_fraction"] = (("phase",), frac_phase, {"description": "share of samples in each phase"})
+    data["rmse_by_phase"] = (
+        ("phase",),
+        by_phase,
+        {"units": "mV", "description": "RMSE within each phase of the true action potential"},
+    )
+    data["phase_fraction"] = (
+        ("phase",),
+        frac_phase,
+        {"description": "share of samples in each phase"},
+    )
     if window_edges is None:
         window_edges = np.linspace(t[0], t[-1], n_windows + 1)
     we = np.asarray(window_edges, dtype=np.float64)
@@ -341,24 +456,40 @@ def error_breakdown(pred, true, ts=None, geometry=None, *, pred_state=None, true
         last = k == len(we) - 2
         m_t = (tt >= we[k]) & ((tt <= we[k + 1]) if last else (tt < we[k + 1]))
         by_w.append(_rms(err2, finite & np.broadcast_to(m_t, xp.shape)))
-    data["rmse_by_window"] = (("window",), by_w, {"units": "mV", "description":
-                              "RMSE within each time window"})
-    coords: dict[str, Any] = {"phase": list(PHASES), "window": np.arange(len(we) - 1),
-                              "window_start": ("window", we[:-1]), "window_end": ("window", we[1:])}
+    data["rmse_by_window"] = (
+        ("window",),
+        by_w,
+        {"units": "mV", "description": "RMSE within each time window"},
+    )
+    coords: dict[str, Any] = {
+        "phase": list(PHASES),
+        "window": np.arange(len(we) - 1),
+        "window_start": ("window", we[:-1]),
+        "window_end": ("window", we[1:]),
+    }
     if geometry is not None:
         reg = np.asarray(geometry.regions)
         if reg.shape[0] != xp.shape[-1]:
             raise ValueError(f"geometry has {reg.shape[0]} nodes, data {xp.shape[-1]}")
-        by_r = [_rms(err2, finite & np.broadcast_to(reg == r, xp.shape))
-                for r in range(geometry.n_regions)]
-        data["rmse_by_region"] = (("region",), by_r, {"units": "mV", "description":
-                                  "RMSE within each mesh region"})
+        by_r = [
+            _rms(err2, finite & np.broadcast_to(reg == r, xp.shape))
+            for r in range(geometry.n_regions)
+        ]
+        data["rmse_by_region"] = (
+            ("region",),
+            by_r,
+            {"units": "mV", "description": "RMSE within each mesh region"},
+        )
         coords["region"] = list(geometry.region_names)
     if pred_state is not None and true_state is not None:
-        ps = np.asarray(pred_state.values if isinstance(pred_state, xr.DataArray) else pred_state,
-                        dtype=np.float64)
-        ts_ = np.asarray(true_state.values if isinstance(true_state, xr.DataArray) else true_state,
-                         dtype=np.float64)
+        ps = np.asarray(
+            pred_state.values if isinstance(pred_state, xr.DataArray) else pred_state,
+            dtype=np.float64,
+        )
+        ts_ = np.asarray(
+            true_state.values if isinstance(true_state, xr.DataArray) else true_state,
+            dtype=np.float64,
+        )
         if ps.shape != ts_.shape:
             raise ValueError(f"pred_state and true_state shapes differ: {ps.shape} vs {ts_.shape}")
         ns = ps.shape[-2]
@@ -366,14 +497,20 @@ def error_breakdown(pred, true, ts=None, geometry=None, *, pred_state=None, true
         fin = np.isfinite(ps) & np.isfinite(ts_)
         e2 = np.where(fin, (ps - ts_) ** 2, 0.0)
         by_s = [_rms(e2[..., k, :], fin[..., k, :]) for k in range(ns)]
-        data["rmse_by_state"] = (("state",), by_s, {"units": "state units", "description":
-                                 "RMSE of each state variable (model units)"})
+        data["rmse_by_state"] = (
+            ("state",),
+            by_s,
+            {"units": "state units", "description": "RMSE of each state variable (model units)"},
+        )
         coords["state"] = names
     return xr.Dataset(
         {k: xr.Variable(v[0], np.asarray(v[1], dtype=np.float64), v[2]) for k, v in data.items()},
         coords=coords,
-        attrs={"description": "where the prediction misses: RMSE by phase of the true action "
-               "potential, by time window, by region and by state",
-               "phase_rule": "upstroke: dv/dt > %g /ms (amplitude-normalised); plateau: v >= 0.7;"
-               " repolarisation: 0.1 <= v < 0.7; rest: v < 0.1" % upstroke_rate},
+        attrs={
+            "description": "where the prediction misses: RMSE by phase of the true action "
+            "potential, by time window, by region and by state",
+            "phase_rule": f"upstroke: dv/dt > {upstroke_rate:g} /ms (amplitude-normalised); "
+            "plateau: v >= 0.7;"
+            " repolarisation: 0.1 <= v < 0.7; rest: v < 0.1",
+        },
     )

@@ -22,9 +22,11 @@ indices, or a list of either (stimulated together). Unknown names and off-mesh
 indices raise ``ValueError`` (from :meth:`Geometry.pacing_site`).
 
 Defaults (``amplitude=0.5`` per ms for ``duration=2`` ms, i.e. a unit charge of the
-voltage-like state) excite every catalog model from rest on the built-in
-geometries' pacing patches; they are deliberately protocol constants, not model
-parameters.
+voltage-like state) are protocol constants, not model parameters. With the dataset
+generator's default conductivity (:func:`leads_jax.datasets.default_conductivity`)
+they start a propagating wave in every catalog model from the cable ends, the sheet
+borders and the ventricle's pacing patches; FitzHugh-Nagumo (the least excitable)
+can fail from an interior 3-node cable patch -- the dataset generator then warns.
 """
 
 from __future__ import annotations
@@ -126,8 +128,12 @@ class Stimulus(eqx.Module):
         if n_pulses < k:
             raise ValueError(f"cannot pad {k} pulses down to {n_pulses}")
         extra = _FAR + (float(self.duration) + 1.0) * jnp.arange(n_pulses - k)
-        return Stimulus(self.sites, self.amplitude, self.duration,
-                        jnp.concatenate([self.onsets, extra.astype(self.onsets.dtype)]))
+        return Stimulus(
+            self.sites,
+            self.amplitude,
+            self.duration,
+            jnp.concatenate([self.onsets, extra.astype(self.onsets.dtype)]),
+        )
 
     def to_dict(self, *, site_label: str = "", protocol: str = "custom") -> dict[str, Any]:
         """JSON-able description (the site as a node list; inverse: :meth:`from_dict`);
@@ -149,17 +155,27 @@ class Stimulus(eqx.Module):
         nodes = geometry.pacing_site(list(d["site_nodes"])) if d["site_nodes"] else ()
         if nodes:
             w[list(d["site_nodes"])] = d.get("site_weights", [1.0] * len(nodes))
-        return cls.custom(geometry, w, onsets=d["onsets"], amplitude=d["amplitude"],
-                          duration=d["duration"])
+        return cls.custom(
+            geometry, w, onsets=d["onsets"], amplitude=d["amplitude"], duration=d["duration"]
+        )
 
     # -- constructors -----------------------------------------------------------------
     @classmethod
-    def custom(cls, geometry: Geometry, weights, *, onsets, amplitude=DEFAULT_AMPLITUDE,
-               duration=DEFAULT_DURATION) -> "Stimulus":
+    def custom(
+        cls,
+        geometry: Geometry,
+        weights,
+        *,
+        onsets,
+        amplitude=DEFAULT_AMPLITUDE,
+        duration=DEFAULT_DURATION,
+    ) -> "Stimulus":
         """Arbitrary per-node weights in [0, 1] and a list of onsets (ms)."""
         w = np.asarray(weights, dtype=np.float64)
         if w.shape != (geometry.n_nodes,):
-            raise ValueError(f"stimulus weights must have shape ({geometry.n_nodes},); got {w.shape}")
+            raise ValueError(
+                f"stimulus weights must have shape ({geometry.n_nodes},); got {w.shape}"
+            )
         if not np.all(np.isfinite(w)) or np.any(w < 0) or np.any(w > 1):
             raise ValueError("stimulus weights must be finite and lie in [0, 1]")
         amplitude = _check_scalar(amplitude, "amplitude")
@@ -189,36 +205,67 @@ class Stimulus(eqx.Module):
     @classmethod
     def none(cls, geometry: Geometry) -> "Stimulus":
         """No stimulus (zero weights, no pulses)."""
-        return cls.custom(geometry, np.zeros(geometry.n_nodes), onsets=np.zeros(0),
-                          amplitude=0.0)
+        return cls.custom(geometry, np.zeros(geometry.n_nodes), onsets=np.zeros(0), amplitude=0.0)
 
     @classmethod
-    def single(cls, geometry: Geometry, site="left", *, onset: float = 0.0,
-               amplitude: float = DEFAULT_AMPLITUDE, duration: float = DEFAULT_DURATION
-               ) -> "Stimulus":
+    def single(
+        cls,
+        geometry: Geometry,
+        site="left",
+        *,
+        onset: float = 0.0,
+        amplitude: float = DEFAULT_AMPLITUDE,
+        duration: float = DEFAULT_DURATION,
+    ) -> "Stimulus":
         """One pulse at ``site`` starting at ``onset`` ms."""
         onset = _check_scalar(onset, "onset", nonneg=True)
-        return cls.custom(geometry, site_weights(geometry, site), onsets=[onset],
-                          amplitude=amplitude, duration=duration)
+        return cls.custom(
+            geometry,
+            site_weights(geometry, site),
+            onsets=[onset],
+            amplitude=amplitude,
+            duration=duration,
+        )
 
     @classmethod
-    def train(cls, geometry: Geometry, site="left", *, period: float, n: int,
-              start: float = 0.0, amplitude: float = DEFAULT_AMPLITUDE,
-              duration: float = DEFAULT_DURATION) -> "Stimulus":
+    def train(
+        cls,
+        geometry: Geometry,
+        site="left",
+        *,
+        period: float,
+        n: int,
+        start: float = 0.0,
+        amplitude: float = DEFAULT_AMPLITUDE,
+        duration: float = DEFAULT_DURATION,
+    ) -> "Stimulus":
         """``n`` pulses every ``period`` ms from ``start``."""
         period = _check_scalar(period, "period", positive=True)
         start = _check_scalar(start, "start", nonneg=True)
         if int(n) != n or n < 1:
             raise ValueError(f"n (number of pulses) must be a positive integer; got {n}")
         on = start + period * np.arange(int(n))
-        return cls.custom(geometry, site_weights(geometry, site), onsets=on, amplitude=amplitude,
-                          duration=duration)
+        return cls.custom(
+            geometry,
+            site_weights(geometry, site),
+            onsets=on,
+            amplitude=amplitude,
+            duration=duration,
+        )
 
     @classmethod
-    def s1s2(cls, geometry: Geometry, site="left", *, s1_period: float = 400.0, n_s1: int = 3,
-             s2_interval: float = 250.0, start: float = 0.0,
-             amplitude: float = DEFAULT_AMPLITUDE, duration: float = DEFAULT_DURATION
-             ) -> "Stimulus":
+    def s1s2(
+        cls,
+        geometry: Geometry,
+        site="left",
+        *,
+        s1_period: float = 400.0,
+        n_s1: int = 3,
+        s2_interval: float = 250.0,
+        start: float = 0.0,
+        amplitude: float = DEFAULT_AMPLITUDE,
+        duration: float = DEFAULT_DURATION,
+    ) -> "Stimulus":
         """S1-S2 restitution protocol: ``n_s1`` S1 pulses every ``s1_period`` ms, then S2
         ``s2_interval`` ms after the last S1 (all at ``site``)."""
         s1_period = _check_scalar(s1_period, "s1_period", positive=True)
@@ -228,15 +275,22 @@ class Stimulus(eqx.Module):
             raise ValueError(f"n_s1 must be a positive integer; got {n_s1}")
         s1 = start + s1_period * np.arange(int(n_s1))
         on = np.append(s1, s1[-1] + s2_interval)
-        return cls.custom(geometry, site_weights(geometry, site), onsets=on, amplitude=amplitude,
-                          duration=duration)
+        return cls.custom(
+            geometry,
+            site_weights(geometry, site),
+            onsets=on,
+            amplitude=amplitude,
+            duration=duration,
+        )
 
 
 def describe_protocol(kind: str, **kw) -> str:
     """Short text of a protocol, e.g. ``s1s2(400ms x3, s2 250ms)``."""
     if kind == "s1s2":
-        return (f"s1s2({float(kw.get('s1_period', 400.0)):g}ms x{int(kw.get('n_s1', 3))}, "
-                f"s2 {float(kw.get('s2_interval', 250.0)):g}ms)")
+        return (
+            f"s1s2({float(kw.get('s1_period', 400.0)):g}ms x{int(kw.get('n_s1', 3))}, "
+            f"s2 {float(kw.get('s2_interval', 250.0)):g}ms)"
+        )
     if kind == "train":
         return f"train({float(kw.get('period', 300.0)):g}ms x{int(kw.get('n', 2))})"
     return kind

@@ -54,18 +54,24 @@ def test_cv_of_oblique_planar_wave_on_sheet():
     ds = conduction_velocity(np.stack([act, 2 * act]), geo)  # batch: speeds c and c/2
     np.testing.assert_allclose(ds["cv"].values[0], c, rtol=1e-6)
     np.testing.assert_allclose(ds["cv"].values[1], c / 2, rtol=1e-6)
-    np.testing.assert_allclose(ds["direction"].values[0, :, :2],
-                               np.broadcast_to([np.cos(th), np.sin(th)], (geo.n_nodes, 2)), atol=1e-6)
+    np.testing.assert_allclose(
+        ds["direction"].values[0, :, :2],
+        np.broadcast_to([np.cos(th), np.sin(th)], (geo.n_nodes, 2)),
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("shape", ["linear", "exponential"])
 def test_apd90_of_synthetic_action_potentials(shape):
     t = np.arange(0, 1000, 0.1)
     # two beats: activation (50% crossing) at t0 + rise/2
-    v = np.maximum(_trapezoid(t, 10.0, 2.0, 200.0, 100.0, shape=shape),
-                   _trapezoid(t, 500.0, 2.0, 650.0, 80.0, shape=shape))
-    apd = apd90(xr.DataArray(np.stack([v, v], 1)[None], dims=("sample", "time", "node"),
-                             coords={"time": t}))
+    v = np.maximum(
+        _trapezoid(t, 10.0, 2.0, 200.0, 100.0, shape=shape),
+        _trapezoid(t, 500.0, 2.0, 650.0, 80.0, shape=shape),
+    )
+    apd = apd90(
+        xr.DataArray(np.stack([v, v], 1)[None], dims=("sample", "time", "node"), coords={"time": t})
+    )
     assert apd.dims == ("sample", "beat", "node")
     if shape == "linear":  # reaches 10% above rest at t1 + 0.9 fall
         exp = [200 + 90 - 11.0, 650 + 72 - 501.0]
@@ -74,7 +80,9 @@ def test_apd90_of_synthetic_action_potentials(shape):
     np.testing.assert_allclose(apd.values[0, :, 0], exp, atol=0.05)
     apd50 = action_potential_duration(v[:, None], t, repolarisation=0.5)
     if shape == "linear":
-        np.testing.assert_allclose(apd50.values[:, 0], [200 + 50 - 11.0, 650 + 40 - 501.0], atol=0.05)
+        np.testing.assert_allclose(
+            apd50.values[:, 0], [200 + 50 - 11.0, 650 + 40 - 501.0], atol=0.05
+        )
 
 
 def test_unrepolarised_and_unexcited_nodes_are_nan():
@@ -104,8 +112,16 @@ def test_phase_labels_and_error_breakdown():
     states_t = np.stack([v / 100, v / 200], axis=-2)
     states_p = states_t.copy()
     states_p[:, 1] += 0.5
-    ds = error_breakdown(pred, v, t, geo, pred_state=states_p, true_state=states_t,
-                         state_names=["u", "w"], n_windows=2)
+    ds = error_breakdown(
+        pred,
+        v,
+        t,
+        geo,
+        pred_state=states_p,
+        true_state=states_t,
+        state_names=["u", "w"],
+        n_windows=2,
+    )
     assert ds["rmse_by_region"].sel(region="distal") == pytest.approx(2.0)
     prox = np.sqrt(36 * plateau0.sum() / (2 * len(t) - 5))
     assert float(ds["rmse_by_region"].sel(region="proximal")) == pytest.approx(prox, rel=1e-6)
@@ -113,7 +129,8 @@ def test_phase_labels_and_error_breakdown():
     assert float(ds["rmse_by_state"].sel(state="w")) == pytest.approx(0.5)
     assert float(ds["fraction_nonfinite"]) == pytest.approx(5 / pred.size)
     assert float(ds["rmse_by_phase"].sel(phase="plateau")) > float(
-        ds["rmse_by_phase"].sel(phase="rest"))
+        ds["rmse_by_phase"].sel(phase="rest")
+    )
     assert ds.sizes["window"] == 2 and "description" in ds.attrs
 
 
@@ -133,6 +150,7 @@ from leads_jax.datasets import (  # noqa: E402
     make_dataset,
     save_dataset,
     split_dataset,
+    stacked_stimuli,
     stimulus_from_dataset,
 )
 from leads_jax.structure import Structure  # noqa: E402
@@ -141,9 +159,14 @@ from leads_jax.structure import Structure  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny():
     geo = cable(32, 0.025)
-    ds = make_dataset("aliev-panfilov", geo, t_train=40.0, noise=0.01, seed=3,
-                      protocols=["single", {"kind": "s1s2", "s1_period": 60.0, "n_s1": 1,
-                                            "s2_interval": 50.0}])
+    ds = make_dataset(
+        "aliev-panfilov",
+        geo,
+        t_train=40.0,
+        noise=0.01,
+        seed=3,
+        protocols=["single", {"kind": "s1s2", "s1_period": 60.0, "n_s1": 1, "s2_interval": 50.0}],
+    )
     return geo, ds
 
 
@@ -152,8 +175,14 @@ def test_dataset_layout_splits_and_truth(tiny):
     assert ds["observed"].dims == ("sample", "time", "node")
     assert ds.sizes["sample"] == 6 and ds.sizes["node"] == 32
     assert ds.attrs["t_test"] == pytest.approx(3 * ds.attrs["t_train"])
-    assert ds["pacing_site"].values.tolist() == ["left", "left", "right", "right", "center",
-                                                 "center"]
+    assert ds["pacing_site"].values.tolist() == [
+        "left",
+        "left",
+        "right",
+        "right",
+        "center",
+        "center",
+    ]
     assert ds["split"].values.tolist() == ["train", "train", "val", "val", "test", "test"]
     s = Structure.from_json(ds.attrs["structure"])
     assert s.canonical().reaction == "aliev-panfilov"
@@ -188,6 +217,8 @@ def test_dataset_round_trip(tiny, tmp_path):
     assert g2.pacing_sites == geo.pacing_sites and g2.region_names == geo.region_names
     st = stimulus_from_dataset(back, 1, g2)
     np.testing.assert_allclose(st.onsets, [0.0, 50.0])
+    stacked = stacked_stimuli(back, g2)
+    assert stacked.onsets.shape == (6, 2) and stacked.sites.shape == (6, 32)
     assert not list(tmp_path.glob(".tmp-*"))  # atomic write leaves no temporary file
 
 

@@ -1,6 +1,6 @@
 """The fitting engine on a small self-contained model (no grammar, no compile step).
 
-`ToyCable` is an Aliev-Panfilov cable written here in ~40 lines with a plain RK4
+`ToyCable` is an Aliev-Panfilov cable written here in ~40 lines with a plain Euler
 `lax.scan` rollout: enough to exercise batching, per-member optimizers and
 clipping, masking of diverged members, early stopping, sharding and I/O
 independently of the compiled hybrid models.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -40,8 +39,8 @@ from leads_jax.fit._audit import audit_members
 from leads_jax.fit._results import CandidateRecord, build_dataset, load_results, save_dataset
 
 N_NODES = 12
-DT = 0.1  # model time units
-SAVE_EVERY = 5
+DT = 0.05  # model time units
+SAVE_EVERY = 10
 NAMES = ("a", "k", "eps", "D")
 TRUE = (0.15, 8.0, 0.02, 0.5)
 
@@ -62,7 +61,8 @@ class ToyCable(eqx.Module):
 
 
 class ToyRollout(eqx.Module):
-    """RK4 with a freeze-on-divergence bound check; hashable (no array fields)."""
+    """Forward Euler with a freeze-on-divergence bound check; hashable (no array fields).
+    (Euler keeps the compiled program small: XLA compile time dominates these tests.)"""
 
     bound: float = eqx.field(static=True, default=5.0)
 
@@ -79,11 +79,7 @@ class ToyRollout(eqx.Module):
 
         def step(carry, _):
             y, t, bad, t_bad = carry
-            k1 = rhs(y, t)
-            k2 = rhs(y + DT / 2 * k1, t + DT / 2)
-            k3 = rhs(y + DT / 2 * k2, t + DT / 2)
-            k4 = rhs(y + DT * k3, t + DT)
-            y_new = y + DT / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+            y_new = y + DT * rhs(y, t)
             now_bad = ~jnp.all(jnp.isfinite(y_new)) | (jnp.max(jnp.abs(y_new)) > self.bound)
             t_bad = jnp.where(now_bad & ~bad, t + DT, t_bad)
             bad = bad | now_bad
@@ -152,7 +148,7 @@ def test_config_is_frozen_and_jsonable():
     cfg = FitConfig(curriculum=[(0.25, 5), (0.5, 5)])
     assert cfg.curriculum == ((0.25, 5), (0.5, 5))
     json.dumps(cfg.to_dict())
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.steps = 3
 
 
@@ -186,13 +182,13 @@ N_MEMBERS = 8
 
 def perturbed(seed, lo=0.85, hi=1.15):
     rng = np.random.default_rng(seed)
-    return [v * f for v, f in zip(TRUE, rng.uniform(lo, hi, 4))]
+    return [v * f for v, f in zip(TRUE, rng.uniform(lo, hi, 4), strict=True)]
 
 
 def test_recovers_toy_parameters_and_respects_fixed_mask():
     train = make_split(noise=1.0)
     val = make_split(sites=(N_NODES // 3, 2 * N_NODES // 3), noise=1.0, seed=1)
-    init = [v * f for v, f in zip(TRUE, (1.2, 0.8, 1.2, 0.8))]
+    init = [v * f for v, f in zip(TRUE, (1.2, 0.8, 1.2, 0.8), strict=True)]
     models = [ToyCable.make(init), ToyCable.make(init, (True, True, False, True))]
     models += [ToyCable.make(perturbed(i)) for i in range(N_MEMBERS - 2)]
     params, rest = split_members(models)

@@ -18,16 +18,47 @@ def heart():
 
 def _icosphere(level: int):
     t = (1 + 5**0.5) / 2
-    v = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t), (0, -1, -t),
-         (0, 1, -t), (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
-    f = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4),
-         (11, 10, 2), (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8),
-         (3, 8, 9), (4, 9, 5), (2, 4, 11), (6, 2, 10), (8, 6, 7), (9, 8, 1)]
+    v = [
+        (-1, t, 0),
+        (1, t, 0),
+        (-1, -t, 0),
+        (1, -t, 0),
+        (0, -1, t),
+        (0, 1, t),
+        (0, -1, -t),
+        (0, 1, -t),
+        (t, 0, -1),
+        (t, 0, 1),
+        (-t, 0, -1),
+        (-t, 0, 1),
+    ]
+    f = [
+        (0, 11, 5),
+        (0, 5, 1),
+        (0, 1, 7),
+        (0, 7, 10),
+        (0, 10, 11),
+        (1, 5, 9),
+        (5, 11, 4),
+        (11, 10, 2),
+        (10, 7, 6),
+        (7, 1, 8),
+        (3, 9, 4),
+        (3, 4, 2),
+        (3, 2, 6),
+        (3, 6, 8),
+        (3, 8, 9),
+        (4, 9, 5),
+        (2, 4, 11),
+        (6, 2, 10),
+        (8, 6, 7),
+        (9, 8, 1),
+    ]
     v = [np.array(p, float) / np.linalg.norm(p) for p in v]
     for _ in range(level):
         cache, nf = {}, []
 
-        def mid(i, j):
+        def mid(i, j, cache=cache):
             key = (min(i, j), max(i, j))
             if key not in cache:
                 m = v[i] + v[j]
@@ -48,15 +79,20 @@ def _sym_eigs(geo):
     w = np.asarray(geo.edge_weights, dtype=np.float64)
     m = np.asarray(geo.mass, dtype=np.float64)
     n = geo.n_nodes
-    C = sp.coo_matrix((np.r_[w, w], (np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]])),
-                      shape=(n, n)).tocsr()
+    C = sp.coo_matrix(
+        (np.r_[w, w], (np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]])), shape=(n, n)
+    ).tocsr()
     C = C - sp.diags(np.asarray(C.sum(axis=1)).ravel())
     S = sp.diags(m**-0.5) @ C @ sp.diags(m**-0.5)
     if n <= 400:
         ev = np.linalg.eigvalsh(S.toarray())
     else:
-        ev = np.concatenate([sla.eigsh(S, k=2, which="LA", return_eigenvectors=False),
-                             sla.eigsh(S, k=1, which="SA", return_eigenvectors=False)])
+        ev = np.concatenate(
+            [
+                sla.eigsh(S, k=2, which="LA", return_eigenvectors=False),
+                sla.eigsh(S, k=1, which="SA", return_eigenvectors=False),
+            ]
+        )
     return np.sort(ev), np.abs(ev).max(), sp.diags(1 / m) @ C
 
 
@@ -157,9 +193,17 @@ def test_round_trip_arrays():
     geo = sheet(5, 4, 0.1)
     arr = geo.to_arrays()
     back = Geometry.from_arrays(
-        arr["vertices"], arr["edges"], arr["edge_weights"], arr["mass"], arr["regions"],
-        arr["faces"], kind=arr["kind"], region_names=arr["region_names"],
-        pacing_sites=arr["pacing_sites"], name=arr["name"])
+        arr["vertices"],
+        arr["edges"],
+        arr["edge_weights"],
+        arr["mass"],
+        arr["regions"],
+        arr["faces"],
+        kind=arr["kind"],
+        region_names=arr["region_names"],
+        pacing_sites=arr["pacing_sites"],
+        name=arr["name"],
+    )
     for k in ("vertices", "edges", "edge_weights", "mass", "regions", "faces"):
         np.testing.assert_array_equal(np.asarray(getattr(back, k)), np.asarray(getattr(geo, k)))
     assert back.pacing_sites == geo.pacing_sites and back.region_names == geo.region_names
@@ -170,8 +214,13 @@ def test_from_edges_grid_and_user_regions():
     x = np.linspace(0, 1, 11)
     v = np.stack([x, 0 * x, 0 * x], 1)
     e = np.stack([np.arange(10), np.arange(1, 11)], 1)
-    geo = from_edges(v, e[::-1], regions=(x > 0.5).astype(int), region_names=["a", "b"],
-                     pacing_sites={"end": [10]})
+    geo = from_edges(
+        v,
+        e[::-1],
+        regions=(x > 0.5).astype(int),
+        region_names=["a", "b"],
+        pacing_sites={"end": [10]},
+    )
     assert np.all(np.asarray(geo.edges)[:, 0] < np.asarray(geo.edges)[:, 1])
     lu = np.asarray(geo.laplacian(jnp.asarray(x**2)))
     np.testing.assert_allclose(lu[1:-1], 2.0, rtol=1e-3)
@@ -193,8 +242,11 @@ def test_from_mesh_accepts_good_square():
     [
         (np.where(np.arange(12).reshape(4, 3) == 4, np.nan, _V), _F, "non-finite"),
         (_V, np.array([[0, 1, 1], [1, 3, 2]]), "repeat a node"),
-        (np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [1, 1, 0]], float),
-         np.array([[0, 1, 2], [1, 3, 2]]), "zero area"),
+        (
+            np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [1, 1, 0]], float),
+            np.array([[0, 1, 2], [1, 3, 2]]),
+            "zero area",
+        ),
         (np.vstack([_V, [[5, 5, 5]]]), _F, "isolated"),
         (_V, np.array([[0, 1, 2], [1, 3, 7]]), "out of range"),
         (_V, np.array([[0, 1, 2], [2, 1, 0]]), "duplicate face"),

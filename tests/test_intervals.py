@@ -11,7 +11,7 @@ import pytest
 
 from ecg_world import intervals, records
 
-NOISE_SD_MV = 0.05  # white Gaussian noise added to record 100 (numpy seed 0), see test below
+NOISE_SD_MV = 0.1  # white Gaussian noise added to record 100 (numpy seed 0), see test below
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +38,10 @@ def _nk_rpeaks(x, fs):
 
 def test_rpeaks_record_100_both_leads_clean_and_noisy(record_100):
     """Sensitivity and PPV >= 99.8 % (150 ms window) on MLII and V5, on the record and on a
-    copy with white Gaussian noise of SD 0.05 mV (SNR about 10.6 dB on MLII, 7.4 dB on V5
-    relative to the leads' baseline-free RMS of 0.17 and 0.12 mV), at least as good as
-    neurokit2's default detector (ecg_clean + ecg_peaks) on the same signals."""
+    copy with white Gaussian noise of SD 0.1 mV (SNR 5.4 dB on MLII, 2.0 dB on V5 relative to
+    the leads' baseline-free RMS), at least as good as neurokit2's default detector
+    (ecg_clean + ecg_peaks) on the same signals. benchmarks/rpeaks_mitbih.py reports more
+    noise levels."""
     ecg, ref = record_100
     fs = ecg.attrs["sampling_rate"]
     x = ecg.values.astype(np.float32)
@@ -91,7 +92,8 @@ def test_s0010_rr_qrs_match_neurokit_dwt(s0010):
 def test_s0010_qt_matches_manual_annotation(s0010, data_dir):
     """QT of the median beat against QRS onset and T end read by eye on the plotted median
     beat (tests/data/s0010_re_qt_annotation.json, figure s0010_re_median_beat.png). Inverted
-    T waves in II, V5, V6. Tolerance: 30 ms per lead, 20 ms mean absolute difference."""
+    T waves in II, V5, V6. Tolerance: 20 ms per lead, 12 ms mean absolute difference (the
+    differences were -10, -5, +3, +2 ms for I, II, V5, V6 when this test was written)."""
     _, ds = s0010
     ann = json.loads((data_dir / "s0010_re_qt_annotation.json").read_text())
     diffs = []
@@ -99,8 +101,8 @@ def test_s0010_qt_matches_manual_annotation(s0010, data_dir):
         qt_eye = a["t_end_ms"] - a["qrs_onset_ms"]
         qt = float(ds["median_qt"].sel(lead=lead))
         diffs.append(qt - qt_eye)
-        assert abs(qt - qt_eye) <= 30, (lead, qt, qt_eye)
-    assert np.mean(np.abs(diffs)) <= 20, diffs
+        assert abs(qt - qt_eye) <= 20, (lead, qt, qt_eye)
+    assert np.mean(np.abs(diffs)) <= 12, diffs
     # the T waves of II, V5, V6 are inverted: the T peak lies below the isoelectric level
     for lead in ("II", "V5", "V6"):
         mb = ds["median_beat"].sel(lead=lead)
@@ -109,6 +111,56 @@ def test_s0010_qt_matches_manual_annotation(s0010, data_dir):
         assert float(mb.sel(lag=t_peak, method="nearest")) < float(
             mb.sel(lag=onset - 0.02, method="nearest")
         )
+
+
+def test_synthetic_mcsharry_against_reference_fiducials():
+    """McSharry ECGs (the default beat and two perturbed morphologies) at 50-110 bpm, 10 s at
+    500 Hz, physiological rate scaling, scaled to [-0.4, 1.2] mV, plus white Gaussian noise of
+    SD 0.03 mV and 0.1 mV baseline wander at 0.15 Hz (seeded): median-beat intervals against
+    the kernel's exact reference fiducials (leads_jax.physics.ecg_fiducials). Mean absolute
+    error: QT <= 10 ms, PR and QRS <= 8 ms (about 3-4 ms each when written). A fourth
+    morphology with an inverted T wave is checked separately. One compilation for all 28."""
+    from leads_jax.physics.ecg_fiducials import reference_intervals
+    from leads_jax.physics.mcsharry import McSharryECG, ecg_waveform
+
+    fs, n = 500.0, 5000
+    hrs = [50.0, 60.0, 70.0, 80.0, 90.0, 100.0, 110.0]
+    rng = np.random.default_rng(1)
+    base = McSharryECG.default()
+    models = [base] + [
+        McSharryECG(np.asarray(base.ti) * (1 + 0.05 * rng.standard_normal(5)),
+                    np.asarray(base.ai) * (1 + 0.1 * rng.standard_normal(5)),
+                    np.asarray(base.bi) * (1 + 0.1 * rng.standard_normal(5)))
+        for _ in range(2)
+    ]
+    ai_inverted = np.asarray(base.ai).copy()
+    ai_inverted[4] *= -1  # inverted T wave (evaluated separately below)
+    models.append(McSharryECG(base.ti, ai_inverted, base.bi))
+    waves = jax.jit(jax.vmap(
+        lambda m, hr: ecg_waveform(m, heart_rate=hr, n_samples=n, sampling_rate=fs,
+                                   hr_scaling="physiological", scale="ecgsyn"),
+        in_axes=(None, 0)))
+    refs = jax.jit(jax.vmap(reference_intervals, in_axes=(None, 0)))
+    hr = np.asarray(hrs)
+    x = np.concatenate([np.asarray(waves(m, hr)) for m in models])
+    ref = [jax.device_get(refs(m, hr)) for m in models]
+    ref = {k: np.concatenate([r[k] for r in ref]) for k in ("RR", "PR", "QRS", "QT", "valid")}
+    assert ref["valid"].all()
+    t = np.arange(n) / fs
+    x = x + 0.03 * rng.standard_normal(x.shape) + 0.1 * np.sin(2 * np.pi * 0.15 * t + 1.0)
+    cfg = intervals.IntervalConfig.for_duration(fs, n / fs)
+    res = jax.device_get(intervals.measure_intervals(x[:, None, :].astype(np.float32), cfg))
+    err = {k: getattr(res.median, k)[:, 0] - ref[k.upper()] for k in ("rr", "pr", "qrs", "qt")}
+    upright = slice(0, 3 * len(hrs))
+    mae = {k: float(np.mean(np.abs(v[upright]))) for k, v in err.items()}
+    assert mae["qt"] <= 10 and mae["pr"] <= 8 and mae["qrs"] <= 8 and mae["rr"] <= 2, mae
+    # inverted T waves: T end by the ascending limb (QT MAE about 9 ms when written)
+    inverted = slice(3 * len(hrs), None)
+    assert np.mean(np.abs(err["qt"][inverted])) <= 12, err["qt"][inverted]
+    assert np.mean(np.abs(err["qrs"][inverted])) <= 8, err["qrs"][inverted]
+    # per beat too (noisier than the median beat, checked loosely)
+    qt_beats = np.nanmedian(np.where(res.beat_mask[:, 0], res.qt[:, 0], np.nan), axis=1)
+    assert np.mean(np.abs(qt_beats - ref["QT"])[upright]) <= 15
 
 
 def _spike_trains():
@@ -135,7 +187,8 @@ def test_batched_shapes_masks_and_one_compilation():
     assert (res.n_beats[0] == 12).all() and not res.truncated[0].any()
     assert np.isnan(np.asarray(res.r_peak)[~np.asarray(res.beat_mask)]).all()
     np.testing.assert_allclose(np.asarray(res.median.rr[0]), 800.0, atol=1)
-    np.testing.assert_allclose(np.asarray(res.r_peak[0, 0, :12]), np.arange(0.4, 10, 0.8), atol=0.01)
+    r_peak = np.asarray(res.r_peak[0, 0, :12])
+    np.testing.assert_allclose(r_peak, np.arange(0.4, 10, 0.8), atol=0.01)
     # the inverted lead finds the same peaks
     np.testing.assert_allclose(res.r_peak[0, 0], res.r_peak[0, 1], atol=1 / cfg.sampling_rate)
     # more beats than max_beats: the first 20 are kept, and flagged

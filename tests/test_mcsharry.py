@@ -140,13 +140,13 @@ def test_xarray_outputs_and_batch():
     assert np.all(np.isfinite(one.values))
     # different parameters, rates and keys in one call; raw units
     ai = np.tile(ECGSYN_AI, (3, 1)) * np.array([[1.0], [0.8], [1.2]])
-    batch = simulate_ecg_batch(4, 250, [60, 80, 100], [0, 1, 2], ECGSYN_TI_DEGREES, ai,
+    batch = simulate_ecg_batch(4, 250, [60, 70, 80], [0, 1, 2], ECGSYN_TI_DEGREES, ai,
                                ECGSYN_BI, key=key, scale="none", hr_scaling="physiological")
     assert batch.sizes == {"ecg": 3, "time": 1000}
     assert batch.attrs["units"] == "model units"
     assert not np.allclose(batch.values[0], batch.values[1])
     # several leads
-    leads = simulate_ecg(3, 250, 70, 1, key=key, gamma=MULTILEAD_GAMMA, noise=0)
+    leads = simulate_ecg(4, 250, 70, 1, key=key, gamma=MULTILEAD_GAMMA, noise=0)
     assert leads.dims == ("ecg", "lead", "time") and leads.sizes["lead"] == 12
     assert list(leads.lead.values[:2]) == ["I", "II"]
     # noise mirrors signal_distort: Laplace noise scaled by the signal SD
@@ -186,8 +186,9 @@ def test_gradients_match_finite_differences():
             for i in range(5):
                 eps = 1e-6
                 arr = getattr(m, name)
-                up = eqx.tree_at(lambda mm: getattr(mm, name), m, arr.at[i].add(eps))
-                dn = eqx.tree_at(lambda mm: getattr(mm, name), m, arr.at[i].add(-eps))
+                where = lambda mm, n=name: getattr(mm, n)  # noqa: E731
+                up = eqx.tree_at(where, m, arr.at[i].add(eps))
+                dn = eqx.tree_at(where, m, arr.at[i].add(-eps))
                 fd = (loss(up) - loss(dn)) / (2 * eps)
                 assert abs(fd - g[i]) <= 1e-4 * max(1.0, abs(fd)), (name, i, fd, g[i])
 
@@ -259,6 +260,8 @@ def test_fit_to_real_median_beat(data_dir):
     [
         ({"heart_rate": 0}, "heart_rate"),
         ({"heart_rate": -60}, "heart_rate"),
+        ({"heart_rate": float("nan")}, "heart_rate"),
+        ({"sampling_rate": -250}, "sampling_rate"),
         ({"duration": 0}, "duration"),
         ({"duration": -1}, "duration"),
         ({"sampling_rate": 0}, "sampling_rate"),

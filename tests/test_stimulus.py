@@ -35,8 +35,10 @@ def test_s1s2_protocol(geo):
     assert float(s.current(1080.5)[-1]) > 0 and float(s.current(1081.0)[-1]) == 0
     padded = s.padded(7)
     assert padded.n_pulses == 7
-    np.testing.assert_allclose(jax.vmap(padded.current)(jnp.arange(0.0, 2000.0, 0.5)),
-                               jax.vmap(s.current)(jnp.arange(0.0, 2000.0, 0.5)))
+    np.testing.assert_allclose(
+        jax.vmap(padded.current)(jnp.arange(0.0, 2000.0, 0.5)),
+        jax.vmap(s.current)(jnp.arange(0.0, 2000.0, 0.5)),
+    )
     stacked = jax.tree.map(lambda *x: jnp.stack(x), padded, Stimulus.single(geo).padded(7))
     assert jax.vmap(lambda st: st.current(1.0))(stacked).shape == (2, 20)
 

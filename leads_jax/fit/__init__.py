@@ -31,9 +31,9 @@ from ._engine import evaluate_members as evaluate_members
 from ._engine import make_optimizer as make_optimizer
 from ._engine import member_loss as member_loss
 from ._engine import member_step as member_step
+from ._engine import train_members as train_members
 from ._fit import SimulateRollout as SimulateRollout
 from ._fit import fit as fit
-from ._engine import train_members as train_members
 from ._io import load_candidate as load_candidate
 from ._io import read_candidate_header as read_candidate_header
 from ._io import save_candidate as save_candidate

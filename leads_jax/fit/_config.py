@@ -35,8 +35,9 @@ class FitConfig:
     - `min_delta`: relative improvement that counts as one.
     - `curriculum`: warm-up stages before the full horizon, as
       ``((horizon_fraction, steps), ...)`` with increasing fractions in (0, 1).
-      Each stage trains on the first `horizon_fraction` of the training
-      recording, which keeps the gradients of long recordings tame.
+      Each stage fits the first `horizon_fraction` of the training recording only
+      (time weights of the loss, so no extra compilation), which keeps the
+      gradients of long recordings tame.
     - `aphynity_weight`: weight of the APHYNITY penalty, the mean square of the
       neural terms along the simulated trajectory (Yin et al., ICLR 2021), so
       that physics explains what it can. 0 switches it off.

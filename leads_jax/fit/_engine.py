@@ -16,7 +16,6 @@ The rollout contract (what the engine asks of a simulator) is
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,19 +61,33 @@ class Rollout(eqx.Module):
 
 
 class SplitData(eqx.Module):
-    """The samples of one split: stacked per-sample `inputs`, `targets` ``[sample, time, node]``
-    (mV) and observation times `ts` ``[time]``."""
+    """The samples of one split: stacked per-sample `inputs`, `targets` ``[sample, time,
+    node]`` (mV), observation times `ts` ``[time]`` and per-time loss `weights` ``[time]``
+    (default ones; the horizon curriculum zeroes the late times, so every stage runs the
+    same compiled program)."""
 
     inputs: Any
     targets: Any
     ts: Any
+    weights: Any
+
+    def __init__(self, inputs, targets, ts, weights=None):
+        self.inputs = inputs
+        self.targets = jnp.asarray(targets)
+        self.ts = jnp.asarray(ts)
+        self.weights = (jnp.ones(self.ts.shape, self.targets.dtype) if weights is None
+                        else jnp.asarray(weights, self.targets.dtype))
 
     @property
     def n_samples(self) -> int:
         return int(self.targets.shape[0])
 
-    def truncate(self, n_time: int) -> "SplitData":
-        return SplitData(self.inputs, self.targets[:, :n_time], self.ts[:n_time])
+    def with_horizon(self, fraction: float) -> "SplitData":
+        """The same data with the loss restricted to the first `fraction` of the record."""
+        ts = np.asarray(self.ts)
+        cut = ts[0] + fraction * (ts[-1] - ts[0])
+        w = (ts <= cut + 1e-6 * abs(ts[-1] - ts[0])).astype(np.float32)
+        return SplitData(self.inputs, self.targets, self.ts, w)
 
 
 class MemberStatus(eqx.Module):
@@ -95,9 +108,9 @@ class MemberStatus(eqx.Module):
             alive=jnp.ones(n, bool),
             stopped=jnp.zeros(n, bool),
             reason=jnp.zeros(n, jnp.int32),
-            t_diverged=jnp.full(n, jnp.inf),
+            t_diverged=jnp.full(n, jnp.inf, jnp.float32),
             steps=jnp.zeros(n, jnp.int32),
-            best_loss=jnp.full(n, jnp.inf),
+            best_loss=jnp.full(n, jnp.inf, jnp.float32),
             best_step=jnp.zeros(n, jnp.int32),
             bad_evals=jnp.zeros(n, jnp.int32),
         )
@@ -117,6 +130,16 @@ def _optimizer(name, learning_rate, clip_norm):
         parts.append(optax.clip_by_global_norm(clip_norm))
     parts.append(rule(learning_rate))
     return optax.chain(*parts)
+
+
+def _strong(tree):
+    """Drop weak types from array leaves: a weakly typed input and the strongly typed
+    output of a step would otherwise key two compilations of the same program."""
+    return jax.tree.map(
+        lambda x: jax.lax.convert_element_type(x, x.dtype)
+        if eqx.is_array(x) and getattr(x, "weak_type", False) else x,
+        tree,
+    )
 
 
 def _tree_where(cond, new, old):
@@ -140,7 +163,10 @@ def member_loss(params, rest, context, data: SplitData, rollout: Callable, loss_
     out = jax.vmap(lambda inp: rollout(model, context, inp, data.ts))(data.inputs)
     err = (out.observed - data.targets) / loss_scale
     finite = jnp.isfinite(err)
-    mse = jnp.sum(jnp.where(finite, err, 0.0) ** 2) / err.size
+    w = data.weights[None, :, None]
+    mse = jnp.sum(w * jnp.where(finite, err, 0.0) ** 2) / (
+        jnp.sum(data.weights) * err.shape[0] * err.shape[2]
+    )
     penalty = jnp.mean(out.neural_sq)
     loss = mse + aphynity_weight * penalty
     diverged = jnp.any(out.diverged) | ~jnp.all(finite) | ~jnp.isfinite(loss)
@@ -278,16 +304,17 @@ def train_members(
     With ``batched=False`` the same functions run on ONE member without vmap.
     """
     t_start = time.perf_counter()
+    params, rest = _strong((params, rest))
     tx = make_optimizer(config)
     lossargs = (config.loss_scale, config.aphynity_weight)
     if batched:
         n = jax.tree.leaves(params)[0].shape[0]
-        opt_state = jax.vmap(tx.init)(params)
+        opt_state = _strong(jax.vmap(tx.init)(params))
         status = MemberStatus.init(n)
         params, opt_state, status, rest = shard_members((params, opt_state, status, rest), mesh)
         context, train, val = replicate((context, train, val), mesh)
     else:
-        opt_state = tx.init(params)
+        opt_state = _strong(tx.init(params))
         status = jax.tree.map(lambda x: x[0], MemberStatus.init(1))
     monitor = val if val is not None else train
     evaluate = _eval_fn(rollout, *lossargs, batched)
@@ -315,15 +342,19 @@ def train_members(
     # The initial values are a candidate for "best" too.
     best_params, status = check(params, params, status, 0)
     step = 0
-    # Warm-up stages of the horizon curriculum: no early stopping, and the best
-    # parameters are only tracked on the full horizon, so reset after warm-up.
-    n_time = train.ts.shape[0]
-    for frac, n_steps in config.curriculum:
-        sub = train.truncate(max(2, int(math.ceil(frac * n_time))))
-        run = _chunk_fn(tx, rollout, *lossargs, n_steps, batched)
-        params, opt_state, status, losses = run(params, opt_state, status, rest, context, sub)
-        curves.append(np.asarray(losses))
-        step += n_steps
+    # Warm-up stages of the horizon curriculum (loss on the first part of the record
+    # only; same shapes, so the same compiled program); no early stopping there.
+    for frac, n_stage in config.curriculum:
+        sub = train.with_horizon(frac)
+        done = 0
+        while done < n_stage:
+            n_steps = min(config.eval_every, n_stage - done)
+            run = _chunk_fn(tx, rollout, *lossargs, n_steps, batched)
+            params, opt_state, status, losses = run(params, opt_state, status, rest, context,
+                                                    sub)
+            curves.append(np.asarray(losses))
+            done += n_steps
+        step += n_stage
     if config.curriculum:
         best_params, status = check(params, best_params, status, step)
 
@@ -362,6 +393,7 @@ def train_members(
 def evaluate_members(params, rest, *, rollout, context, data: SplitData, config: FitConfig,
                      mesh=None, batched=True) -> dict:
     """Loss, MSE and divergence of every member on `data` (host numpy arrays)."""
+    params, rest = _strong((params, rest))
     if batched:
         params, rest = shard_members((params, rest), mesh)
         context, data = replicate((context, data), mesh)
@@ -369,4 +401,4 @@ def evaluate_members(params, rest, *, rollout, context, data: SplitData, config:
         params, rest, context, data
     )
     names = ("loss", "mse", "diverged", "reason", "t_diverged")
-    return {k: np.asarray(v) for k, v in zip(names, out)}
+    return {k: np.asarray(v) for k, v in zip(names, out, strict=True)}

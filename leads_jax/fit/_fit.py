@@ -154,44 +154,16 @@ def _check_geometry(geometry, ds):
 
 
 def _split_data(ds, split, horizon, geometry) -> SplitData | None:
-    from ..datasets import split_dataset
+    """One split as engine data (None when the dataset has no such samples)."""
+    from ..datasets import split_dataset, stacked_stimuli
 
     if split != "all" and split not in set(np.asarray(ds["split"].values).tolist()):
         return None
     sub = split_dataset(ds, split, horizon=horizon)
-    onsets = np.asarray(sub["stim_onsets"].values, dtype=np.float32)
-    # Padding pulses (NaN) never switch on: push them far beyond any horizon.
-    onsets = np.where(np.isfinite(onsets), onsets, np.float32(1e9))
     return SplitData(
-        inputs=_stacked_stimulus(sub, onsets),
+        inputs=stacked_stimuli(sub, geometry),
         targets=jnp.asarray(sub["observed"].values, jnp.float32),
         ts=jnp.asarray(sub["time"].values, jnp.float32),
-    )
-
-
-class _SampleStimulus(eqx.Module):
-    """One sample's stimulus (a :class:`~leads_jax.stimulus.Stimulus` without static labels,
-    so the stimuli of all samples stack on one axis)."""
-
-    sites: jax.Array
-    amplitude: jax.Array
-    duration: jax.Array
-    onsets: jax.Array
-
-    def current(self, t):
-        on = (t >= self.onsets) & (t < self.onsets + self.duration)
-        return self.amplitude * jnp.any(on).astype(self.sites.dtype) * self.sites
-
-    def jump_times(self):
-        return jnp.sort(jnp.concatenate([self.onsets, self.onsets + self.duration]))
-
-
-def _stacked_stimulus(sub, onsets):
-    return _SampleStimulus(
-        sites=jnp.asarray(sub["stim_sites"].values, jnp.float32),
-        amplitude=jnp.asarray(sub["stim_amplitude"].values, jnp.float32),
-        duration=jnp.asarray(sub["stim_duration"].values, jnp.float32),
-        onsets=jnp.asarray(onsets, jnp.float32),
     )
 
 
@@ -219,7 +191,8 @@ def _perturb(model, key, scale):
     params, rest = eqx.partition(model, eqx.is_inexact_array)
     leaves, tdef = jax.tree.flatten(params)
     keys = jax.random.split(key, max(1, len(leaves)))
-    leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    pairs = zip(leaves, keys[: len(leaves)], strict=True)
+    leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in pairs]
     return eqx.combine(jax.tree.unflatten(tdef, leaves), rest)
 
 
@@ -305,6 +278,9 @@ def fit(candidates, dataset, config: FitConfig | dict | None = None, *, key, geo
     if config is None:
         config = FitConfig()
     elif isinstance(config, dict):
+        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(FitConfig)})
+        if unknown:
+            raise ValueError(f"fit: unknown FitConfig field(s) {unknown}")
         config = FitConfig(**config)
     elif not isinstance(config, FitConfig):
         raise ValueError(f"fit: config must be a FitConfig or a dict, got {type(config).__name__}")
@@ -356,7 +332,7 @@ def fit(candidates, dataset, config: FitConfig | dict | None = None, *, key, geo
             params, rest = eqx.partition(stacked, spec)
             group_dt = dt if dt is not None else members[0].default_dt
 
-            def rollout_for(ts):
+            def rollout_for(ts, group_dt=group_dt):
                 return SimulateRollout(config.solver, group_dt, _max_steps(ts, group_dt, config),
                                        config.aphynity_weight > 0)
 
@@ -365,7 +341,7 @@ def fit(candidates, dataset, config: FitConfig | dict | None = None, *, key, geo
             rollout = rollout_for(train.ts)
             owner_arr = np.asarray(owner + [-1] * (size - n))
 
-            def on_eval(status, idx=idx, owner_arr=owner_arr, n=n):
+            def on_eval(status, idx=idx, owner_arr=owner_arr, n=n, done_before=done_before):
                 finished = ~status["alive"] | status["stopped"]
                 done = sum(bool(np.all(finished[:n][owner_arr[:n] == c])) for c in idx)
                 best = np.min(np.where(status["alive"][:n], status["best_loss"][:n], np.inf))

@@ -112,7 +112,9 @@ def load_candidate(path, geometry=None, *, like=None):
     structure = header["structure"]
     if like is None:
         if geometry is None:
-            raise ValueError("load_candidate needs `geometry` (to recompile the structure) or `like`")
+            raise ValueError(
+                "load_candidate needs `geometry` (to recompile the structure) or `like`"
+            )
         from ..compile import compile_structure
         from ..structure import Structure
 

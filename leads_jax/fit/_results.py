@@ -60,7 +60,8 @@ def build_dataset(records: list[CandidateRecord], attrs: dict[str, Any]) -> xr.D
     cand = np.arange(n)
 
     def var(values, units="", desc=""):
-        return xr.Variable(("candidate",), np.asarray(values), {"units": units, "description": desc})
+        attrs = {"units": units, "description": desc}
+        return xr.Variable(("candidate",), np.asarray(values), attrs)
 
     ds = xr.Dataset(
         {
@@ -89,17 +90,22 @@ def build_dataset(records: list[CandidateRecord], attrs: dict[str, Any]) -> xr.D
             "best_step": var([r.best_step for r in records], "1", "step of the kept parameters"),
             "fit_seconds": var([r.fit_seconds for r in records], "s",
                                "wall time of the candidate's group / candidates in the group"),
-            "train_curve": xr.Variable(("candidate", "step"), _pad_rows([r.train_curve for r in records]),
-                                       {"description": "training loss per step (NaN once stopped)"}),
-            "val_curve": xr.Variable(("candidate", "eval"), _pad_rows([r.val_curve for r in records]),
-                                     {"description": "validation loss at each evaluation"}),
+            "train_curve": xr.Variable(
+                ("candidate", "step"), _pad_rows([r.train_curve for r in records]),
+                {"description": "training loss per step (NaN once stopped)"},
+            ),
+            "val_curve": xr.Variable(
+                ("candidate", "eval"), _pad_rows([r.val_curve for r in records]),
+                {"description": "validation loss at each evaluation (eval_step)"},
+            ),
         },
         coords={
             "candidate": cand,
             "param": np.asarray(names, dtype=object) if names else np.zeros(0, dtype=object),
             "eval_step": ("eval", np.asarray(longest_eval, dtype=int)),
         },
-        attrs={k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) else v) for k, v in attrs.items()},
+        attrs={k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) else v)
+               for k, v in attrs.items()},
     )
     return ds
 
@@ -126,7 +132,7 @@ class FitResult:
         """Write ``results.nc`` and one candidate file per candidate (atomic writes)."""
         folder = pathlib.Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for i, (model, s) in enumerate(zip(self.models, self.structures)):
+        for i, (model, s) in enumerate(zip(self.models, self.structures, strict=True)):
             save_candidate(folder / f"candidate_{i:04d}.eqx", model, s,
                            metadata=candidate_metadata(self.dataset, i))
         save_dataset(self.dataset, folder / "results.nc")
@@ -138,8 +144,8 @@ def candidate_metadata(ds: xr.Dataset, i: int) -> dict:
     keys = ("train_rmse", "val_rmse", "test_rmse", "stable", "stability_reason", "fit_status",
             "n_params", "fit_seconds", "best_restart")
     meta = {k: row[k].item() for k in keys}
-    meta["params"] = {str(p): float(v) for p, v in zip(ds["param"].values, row["params"].values)
-                      if np.isfinite(v)}
+    pairs = zip(ds["param"].values, row["params"].values, strict=True)
+    meta["params"] = {str(p): float(v) for p, v in pairs if np.isfinite(v)}
     return meta
 
 

@@ -192,7 +192,8 @@ def diffusion_metadata() -> dict:
     d = {
         "name": spec.name,
         "default": spec.default,
-        "bounds": [spec.lower, spec.upper],
+        "lower": spec.lower,
+        "upper": spec.upper,
         "units": spec.units,
         "role": spec.role,
         "source": spec.source,

@@ -57,11 +57,12 @@ IEEE Trans Biomed Eng 2004;51:570-581 (slope-threshold boundaries).
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._custom_types import Array, Float
+from .._custom_types import Array
 from .mcsharry import HrScaling, McSharryECG, RealLike, WaveLike, _wrap, wave_parameters
 
 __all__ = [
@@ -125,7 +126,20 @@ def steady_state_beat(
     ``z`` (model units), exact ``dz/dt`` (model units per second) and the scaled
     ``(ti, ai, bi)`` in force.
     """
-    rr = 60.0 / jnp.asarray(heart_rate, dtype=float)
+    if hr_scaling not in ("ecgsyn", "physiological"):
+        raise ValueError(f"hr_scaling must be 'ecgsyn' or 'physiological'; got {hr_scaling!r}.")
+    return _steady_state_beat(
+        model,
+        jnp.asarray(heart_rate, dtype=float),
+        None if theta_start is None else jnp.asarray(theta_start, dtype=float),
+        hr_scaling=hr_scaling,
+        n_samples=int(n_samples),
+    )
+
+
+@eqx.filter_jit
+def _steady_state_beat(model, heart_rate, theta_start, *, hr_scaling, n_samples):
+    rr = 60.0 / heart_rate
     omega = _TWO_PI / rr
     ti, ai, bi = wave_parameters(model, rr, hr_scaling=hr_scaling, mean_rr=rr)
     if theta_start is None:
@@ -210,7 +224,7 @@ def reference_intervals(
     hr_scaling: HrScaling = "physiological",
     sampling_rate: RealLike = 2000.0,
     min_heart_rate: RealLike = 30.0,
-) -> dict[str, Float[Array, ""]]:
+) -> dict[str, Array]:
     """Reference fiducials and intervals of one noise-free beat (see the module docstring).
 
     Pure JAX: ``jax.vmap(lambda m, hr: reference_intervals(m, hr))`` over stacked
@@ -232,11 +246,20 @@ def reference_intervals(
     scalings); at higher rates the waves of successive beats merge (the default
     beat has a long PR and QT) and the labels stop being meaningful.
     """
+    if hr_scaling not in ("ecgsyn", "physiological"):
+        raise ValueError(f"hr_scaling must be 'ecgsyn' or 'physiological'; got {hr_scaling!r}.")
     n = _n_samples(sampling_rate, min_heart_rate)
-    t, z, dz, (ti, ai, bi) = steady_state_beat(
-        model, heart_rate, hr_scaling=hr_scaling, n_samples=n
+    return _reference_intervals(
+        model, jnp.asarray(heart_rate, dtype=float), hr_scaling=hr_scaling, n_samples=n
     )
-    rr_ms = 60000.0 / jnp.asarray(heart_rate, dtype=float)
+
+
+@eqx.filter_jit
+def _reference_intervals(model, heart_rate, *, hr_scaling, n_samples):
+    t, z, dz, (ti, ai, bi) = _steady_state_beat(
+        model, heart_rate, None, hr_scaling=hr_scaling, n_samples=n_samples
+    )
+    rr_ms = 60000.0 / heart_rate
     to_ms = rr_ms / _TWO_PI  # angle (rad) -> ms
     tc = ti * to_ms
     sg = bi * to_ms

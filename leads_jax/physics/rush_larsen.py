@@ -43,10 +43,10 @@ def rush_larsen_step(
     gate_inf_tau: Callable,
     gate_index: tuple[int, ...],
     t,
-    y: Float[Array, "state *node"],
+    y: Float[Array, " state *node"],
     dt,
     args=None,
-) -> Float[Array, "state *node"]:
+) -> Float[Array, " state *node"]:
     """One Rush-Larsen step of length `dt` from `(t, y)`.
 
     **Arguments:**
@@ -120,11 +120,25 @@ def reaction_term(model, current: Callable | None = None) -> GatedODETerm:
     return GatedODETerm(field.rates, field.gates, type(model).gate_indices())
 
 
+def _unwrap(terms) -> GatedODETerm:
+    # diffeqsolve wraps the user's term (WrapTerm, for the direction of integration)
+    inner = terms
+    while not isinstance(inner, GatedODETerm):
+        if not hasattr(inner, "term"):
+            raise TypeError(
+                f"RushLarsen needs a GatedODETerm (vector field plus gate split); got "
+                f"{type(terms).__name__}"
+            )
+        inner = inner.term
+    return inner
+
+
 class RushLarsen(diffrax.AbstractSolver):
     """Rush-Larsen solver: exact exponential step for gates, forward Euler otherwise.
 
-    Needs a :class:`GatedODETerm` and fixed steps (``diffrax.ConstantStepSize``);
-    first order, local linear interpolation for dense/``SaveAt(ts=...)`` output.
+    Needs a :class:`GatedODETerm`, fixed steps (``diffrax.ConstantStepSize``) and
+    forward time (``t1 > t0``); first order, local linear interpolation for
+    dense/``SaveAt(ts=...)`` output.
     """
 
     term_structure: ClassVar = GatedODETerm
@@ -140,8 +154,9 @@ class RushLarsen(diffrax.AbstractSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
+        gated = _unwrap(terms)
         y1 = rush_larsen_step(
-            terms.vector_field, terms.gate_inf_tau, terms.gate_index, t0, y0, t1 - t0, args
+            terms.vf, gated.gate_inf_tau, gated.gate_index, t0, y0, t1 - t0, args
         )
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
 

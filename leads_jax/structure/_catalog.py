@@ -123,6 +123,9 @@ class Catalog:
         reactions = {}
         for r in self.reactions:
             cls = reaction_class(r)
+            if hasattr(cls, "metadata"):  # the catalog's own, richer description
+                reactions[r] = cls.metadata()
+                continue
             reactions[r] = {
                 "states": list(cls.state_names),
                 "gate_states": list(cls.gate_states),
@@ -131,7 +134,8 @@ class Catalog:
                     {
                         "name": s.name,
                         "default": s.default,
-                        "bounds": [s.lower, s.upper],
+                        "lower": s.lower,
+                        "upper": s.upper,
                         "units": s.units,
                         "role": s.role,
                         "source": s.source,

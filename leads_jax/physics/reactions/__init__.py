@@ -13,12 +13,21 @@ from __future__ import annotations
 
 from ._base import (
     AbstractReactionModel as AbstractReactionModel,
+)
+from ._base import (
     ParamSpec as ParamSpec,
+)
+from ._base import (
     from_unconstrained as from_unconstrained,
+)
+from ._base import (
     smooth_heaviside as smooth_heaviside,
+)
+from ._base import (
     to_unconstrained as to_unconstrained,
 )
-from ._single_cell import action_potential_duration as action_potential_duration, pace as pace
+from ._single_cell import action_potential_duration as action_potential_duration
+from ._single_cell import pace as pace
 from .aliev_panfilov import AlievPanfilov as AlievPanfilov
 from .bueno_orovio import BuenoOrovio as BuenoOrovio
 from .fenton_karma import FentonKarma as FentonKarma

@@ -131,18 +131,18 @@ class AbstractReactionModel(eqx.Module):
 
     # -- the physics -------------------------------------------------------------
     @abc.abstractmethod
-    def rates(self, t, state: Float[Array, "state *node"]) -> Float[Array, "state *node"]:
+    def rates(self, t, state: Float[Array, " state *node"]) -> Float[Array, " state *node"]:
         """d(state)/dt in 1/ms at time `t` (ms), without diffusion or stimulus."""
 
-    def gate_inf_tau(self, state: Float[Array, "state *node"]):
+    def gate_inf_tau(self, state: Float[Array, " state *node"]):
         """``(g_inf, tau)`` of each gate state, each of shape ``(len(gate_states), *node)``."""
         raise NotImplementedError(f"{self.name} has no gate states")
 
-    def observe(self, state: Float[Array, "state *node"]) -> Float[Array, "*node"]:
+    def observe(self, state: Float[Array, " state *node"]) -> Float[Array, "*node"]:
         """Observed transmembrane potential in mV."""
         return self.v_rest + self.v_scale * state[0]
 
-    def rest_state(self, n_nodes: int | None = None) -> Float[Array, "state *node"]:
+    def rest_state(self, n_nodes: int | None = None) -> Float[Array, " state *node"]:
         """The resting state (all zeros unless a subclass says otherwise)."""
         shape = (len(self.state_names),) + (() if n_nodes is None else (n_nodes,))
         return jnp.zeros(shape)
@@ -175,25 +175,27 @@ class AbstractReactionModel(eqx.Module):
                 f"{cls.name}: unknown parameter(s) {sorted(unknown)}; "
                 f"valid names are {cls.param_names()}"
             )
-        values = {s.name: jnp.asarray(overrides.get(s.name, s.default), float) for s in cls.param_specs}
+        values = {
+            s.name: jnp.asarray(overrides.get(s.name, s.default), float) for s in cls.param_specs
+        }
         return cls(**values)
 
     @classmethod
-    def from_vector(cls, values: Float[Array, "param *node"]) -> "AbstractReactionModel":
+    def from_vector(cls, values: Float[Array, " param *node"]) -> "AbstractReactionModel":
         """Build the model from stacked physical values, in ``param_specs`` order."""
         return cls(**{s.name: values[i] for i, s in enumerate(cls.param_specs)})
 
-    def to_vector(self) -> Float[Array, "param *node"]:
+    def to_vector(self) -> Float[Array, " param *node"]:
         return jnp.stack([jnp.asarray(getattr(self, n)) for n in self.param_names()])
 
     @classmethod
-    def from_raw(cls, raw: Float[Array, "param *node"]) -> "AbstractReactionModel":
+    def from_raw(cls, raw: Float[Array, " param *node"]) -> "AbstractReactionModel":
         """Build the model from unconstrained values (``param_specs`` order)."""
         return cls(
             **{s.name: from_unconstrained(raw[i], s) for i, s in enumerate(cls.param_specs)}
         )
 
-    def to_raw(self) -> Float[Array, "param *node"]:
+    def to_raw(self) -> Float[Array, " param *node"]:
         """Unconstrained values of the parameters (inverse of :meth:`from_raw`)."""
         return jnp.stack(
             [to_unconstrained(getattr(self, s.name), s) for s in self.param_specs]
@@ -211,7 +213,9 @@ class AbstractReactionModel(eqx.Module):
             "states": list(cls.state_names),
             "voltage_state": cls.state_names[0],
             "gate_states": list(cls.gate_states),
-            "state_bounds": {n: list(b) for n, b in zip(cls.state_names, cls.state_bounds)},
+            "state_bounds": {
+                n: list(b) for n, b in zip(cls.state_names, cls.state_bounds, strict=True)
+            },
             "parameters": [
                 {
                     "name": s.name,

@@ -7,7 +7,6 @@ Used by the catalog's tests and by the stable-step measurement
 
 from __future__ import annotations
 
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -31,23 +30,26 @@ def _run(model, y0, dt, amplitude, duration, start, n_save, save_every, scheme):
     def current(t):
         return jnp.where((t >= start) & (t < start + duration), amplitude, 0.0)
 
-    def f(t, y):
-        return model.rates(t, y).at[0].add(current(t))
+    def make_f(i_stim):
+        return lambda t, y: model.rates(t, y).at[0].add(i_stim)
 
     if scheme == "euler":
-        step = lambda t, y: y + dt * f(t, y)
+        step = lambda t, y, f: y + dt * f(t, y)
     elif scheme == "rk4":
-        step = lambda t, y: _rk4(f, t, y, dt)
+        step = lambda t, y, f: _rk4(f, t, y, dt)
     else:
         gate_index = type(model).gate_indices()
-        step = lambda t, y: rush_larsen_step(
+        step = lambda t, y, f: rush_larsen_step(
             lambda t, y, a: f(t, y), lambda t, y, a: model.gate_inf_tau(y), gate_index,
             t, y, dt,
         )
 
     def inner(carry, _):
         i, y = carry
-        return (i + 1, step(i * dt, y)), None
+        t = i * dt
+        # the pulse is held constant over each step (read at the step's midpoint), so
+        # a pulse whose edges fall on the grid is delivered exactly by every scheme
+        return (i + 1, step(t, y, make_f(current(t + dt / 2)))), None
 
     def outer(carry, _):
         carry, _ = jax.lax.scan(inner, carry, None, length=save_every)
@@ -76,7 +78,8 @@ def pace(
     - `t_end`, `dt`: horizon and step in ms.
     - `scheme`: ``"euler"``, ``"rk4"`` or ``"rush-larsen"``.
     - `stimulus`: ``(amplitude in u/ms, duration in ms)``; defaults to the model's
-      ``default_stimulus``. Added to the voltage-like equation from `stim_start`.
+      ``default_stimulus``. Added to the voltage-like equation from `stim_start`,
+      held constant over each step (on when the step's midpoint is inside the pulse).
     - `save_dt`: spacing of the saved samples (a multiple of `dt`; default `dt`).
 
     **Returns:** ``(ts, states)``: ``ts`` of shape ``(time,)`` and ``states`` of shape

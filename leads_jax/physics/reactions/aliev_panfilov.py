@@ -14,7 +14,8 @@ class AlievPanfilov(AbstractReactionModel):
     r"""Aliev-Panfilov model (dimensionless u, v; time scale in ms per unit).
 
     $$\frac{du}{d\tau} = -k u (u - a)(u - 1) - u v, \qquad
-      \frac{dv}{d\tau} = \Big(\epsilon_0 + \frac{\mu_1 v}{\mu_2 + u}\Big)\big(-v - k u (u - a - 1)\big)$$
+      \frac{dv}{d\tau} = \Big(\epsilon_0 + \frac{\mu_1 v}{\mu_2 + u}\Big)
+                          \big(-v - k u (u - a - 1)\big)$$
 
     with $t_{ms} = T\,\tau$, $T \approx 12.9$ ms per model unit. Observed potential
     $V_m = 100 u - 80$ mV (the paper's scaling).
@@ -50,9 +51,19 @@ class AlievPanfilov(AbstractReactionModel):
         "Chaos Solitons Fractals 1996;7(3):293-301."
     )
     state_bounds: ClassVar[tuple[tuple[float, float], ...]] = ((-0.5, 1.5), (-0.5, 5.0))
-    stable_dt: ClassVar[float] = 0.0  # measured and set by the catalog (see tests)
+    # measured (RK4; usable limits per scheme): python -m leads_jax.physics.reactions._stability
+    stable_dt: ClassVar[float] = 1.0
+    stable_dt_limits: ClassVar[dict[str, float]] = {
+        "euler": 4.51, "rk4": 5.58, "rush-larsen": 4.51
+    }
     v_rest: ClassVar[float] = -80.0
     v_scale: ClassVar[float] = 100.0
+    observed_range: ClassVar[tuple[float, float]] = (-85.0, 30.0)
+    default_stimulus: ClassVar[tuple[float, float]] = (0.5, 2.0)
+    equations: ClassVar[str] = (
+        "du/dt = (-k*u*(u - a)*(u - 1) - u*v) / time_scale + I_stim\n"
+        "dv/dt = (eps0 + mu1*v/(mu2 + u)) * (-v - k*u*(u - a - 1)) / time_scale"
+    )
 
     def rates(self, t, state):
         u, v = state[0], state[1]

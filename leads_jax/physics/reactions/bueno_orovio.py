@@ -143,8 +143,11 @@ class BuenoOrovio(AbstractReactionModel):
     state_bounds: ClassVar[tuple[tuple[float, float], ...]] = (
         (-0.5, 2.0), (-0.1, 1.1), (-0.1, 1.1), (-0.1, 1.1)
     )
-    stable_dt: ClassVar[float] = 0.02
-    stable_dt_limits: ClassVar[dict[str, float]] = {}
+    # measured (RK4; usable limits per scheme): python -m leads_jax.physics.reactions._stability
+    stable_dt: ClassVar[float] = 0.2
+    stable_dt_limits: ClassVar[dict[str, float]] = {
+        "euler": 0.434, "rk4": 1.36, "rush-larsen": 0.41
+    }
     switch_steepness: ClassVar[float] = 2000.0
     v_rest: ClassVar[float] = -84.0
     v_scale: ClassVar[float] = 85.7
@@ -159,7 +162,8 @@ class BuenoOrovio(AbstractReactionModel):
         "dw/dt = (1 - H(u - theta_w))*(w_inf - w)/tau_w_minus - H(u - theta_w)*w/tau_w_plus\n"
         "ds/dt = ((1 + tanh(k_s*(u - u_s)))/2 - s)/tau_s\n"
         "tau_v_minus = tau_v1_minus if u < theta_v_minus else tau_v2_minus\n"
-        "tau_w_minus = tau_w1_minus + (tau_w2_minus - tau_w1_minus)*(1 + tanh(k_w_minus*(u - u_w_minus)))/2\n"
+        "tau_w_minus = tau_w1_minus"
+        " + (tau_w2_minus - tau_w1_minus)*(1 + tanh(k_w_minus*(u - u_w_minus)))/2\n"
         "tau_so = tau_so1 + (tau_so2 - tau_so1)*(1 + tanh(k_so*(u - u_so)))/2\n"
         "tau_s = tau_s1 if u < theta_w else tau_s2;  tau_o = tau_o1 if u < theta_o else tau_o2\n"
         "v_inf = 1 if u < theta_v_minus else 0;  "
@@ -167,9 +171,13 @@ class BuenoOrovio(AbstractReactionModel):
         "H: smooth step sigmoid(k_H x); the 'if' switches use the same smooth step"
     )
 
-    def rest_state(self, n_nodes: int | None = None) -> Float[Array, "state *node"]:
-        rest = jnp.ones((4,) + (() if n_nodes is None else (n_nodes,)))
-        return rest.at[0].set(0.0).at[3].set(0.0)
+    def rest_state(self, n_nodes: int | None = None) -> Float[Array, " state *node"]:
+        """u = 0, v = w = 1 and s at its steady state s_inf(0) (about 0.022; the paper
+        starts from s = 0, which relaxes there within ~10 ms without moving u)."""
+        shape = () if n_nodes is None else (n_nodes,)
+        s_rest = jnp.broadcast_to(_tanh_step(-self.u_s, self.k_s), shape)
+        one = jnp.ones(shape)
+        return jnp.stack([0.0 * one, one, one, s_rest])
 
     def _switches(self, u):
         k = self.switch_steepness
@@ -203,7 +211,7 @@ class BuenoOrovio(AbstractReactionModel):
         ])
         return alpha, beta
 
-    def currents(self, state: Float[Array, "state *node"]):
+    def currents(self, state: Float[Array, " state *node"]):
         """``(J_fi, J_so, J_si)`` in 1/ms (positive = outward)."""
         u, v, w, s = state[0], state[1], state[2], state[3]
         h_v, h_w, _, h_o = self._switches(u)
@@ -216,12 +224,12 @@ class BuenoOrovio(AbstractReactionModel):
         j_si = -h_w * w * s / self.tau_si
         return j_fi, j_so, j_si
 
-    def rates(self, t, state: Float[Array, "state *node"]) -> Float[Array, "state *node"]:
+    def rates(self, t, state: Float[Array, " state *node"]) -> Float[Array, " state *node"]:
         j_fi, j_so, j_si = self.currents(state)
         alpha, beta = self._gates(state[0])
         dg = alpha - beta * state[1:]
         return jnp.concatenate([(-(j_fi + j_so + j_si))[None], dg])
 
-    def gate_inf_tau(self, state: Float[Array, "state *node"]):
+    def gate_inf_tau(self, state: Float[Array, " state *node"]):
         alpha, beta = self._gates(state[0])
         return alpha / beta, 1.0 / beta

@@ -102,8 +102,11 @@ class FentonKarma(AbstractReactionModel):
     state_bounds: ClassVar[tuple[tuple[float, float], ...]] = (
         (-0.5, 1.5), (-0.1, 1.1), (-0.1, 1.1)
     )
-    stable_dt: ClassVar[float] = 0.05
-    stable_dt_limits: ClassVar[dict[str, float]] = {}
+    # measured (RK4; usable limits per scheme): python -m leads_jax.physics.reactions._stability
+    stable_dt: ClassVar[float] = 0.2
+    stable_dt_limits: ClassVar[dict[str, float]] = {
+        "euler": 0.691, "rk4": 1.12, "rush-larsen": 0.691
+    }
     switch_steepness: ClassVar[float] = 200.0
     v_rest: ClassVar[float] = -85.0
     v_scale: ClassVar[float] = 100.0
@@ -120,7 +123,7 @@ class FentonKarma(AbstractReactionModel):
         "p = H(u - u_c), q = H(u - u_v) (smooth steps)"
     )
 
-    def rest_state(self, n_nodes: int | None = None) -> Float[Array, "state *node"]:
+    def rest_state(self, n_nodes: int | None = None) -> Float[Array, " state *node"]:
         rest = jnp.ones((3,) + (() if n_nodes is None else (n_nodes,)))
         return rest.at[0].set(0.0)
 
@@ -135,7 +138,7 @@ class FentonKarma(AbstractReactionModel):
         beta_w = alpha_w + p / self.tau_w_plus
         return p, jnp.stack([alpha_v, alpha_w]), jnp.stack([beta_v, beta_w])
 
-    def currents(self, state: Float[Array, "state *node"]):
+    def currents(self, state: Float[Array, " state *node"]):
         """``(J_fi, J_so, J_si)`` in 1/ms (positive = outward)."""
         u, v, w = state[0], state[1], state[2]
         p = smooth_heaviside(u - self.u_c, self.switch_steepness)
@@ -144,12 +147,12 @@ class FentonKarma(AbstractReactionModel):
         j_si = -w * (1.0 + jnp.tanh(self.k * (u - self.u_c_si))) / (2.0 * self.tau_si)
         return j_fi, j_so, j_si
 
-    def rates(self, t, state: Float[Array, "state *node"]) -> Float[Array, "state *node"]:
+    def rates(self, t, state: Float[Array, " state *node"]) -> Float[Array, " state *node"]:
         j_fi, j_so, j_si = self.currents(state)
         _, alpha, beta = self._gates(state[0])
         dg = alpha - beta * state[1:]
         return jnp.concatenate([(-(j_fi + j_so + j_si))[None], dg])
 
-    def gate_inf_tau(self, state: Float[Array, "state *node"]):
+    def gate_inf_tau(self, state: Float[Array, " state *node"]):
         _, alpha, beta = self._gates(state[0])
         return alpha / beta, 1.0 / beta

@@ -59,8 +59,11 @@ class FitzHughNagumo(AbstractReactionModel):
         "action potential propagation. IEEE Trans Biomed Eng 1994;41(8):743-757."
     )
     state_bounds: ClassVar[tuple[tuple[float, float], ...]] = ((-0.5, 1.5), (-0.5, 3.0))
-    stable_dt: ClassVar[float] = 0.5
-    stable_dt_limits: ClassVar[dict[str, float]] = {}
+    # measured (RK4; usable limits per scheme): python -m leads_jax.physics.reactions._stability
+    stable_dt: ClassVar[float] = 1.0
+    stable_dt_limits: ClassVar[dict[str, float]] = {
+        "euler": 4.6, "rk4": 17.8, "rush-larsen": 4.6
+    }
     v_rest: ClassVar[float] = -85.0
     v_scale: ClassVar[float] = 125.0
     observed_range: ClassVar[tuple[float, float]] = (-90.0, 45.0)
@@ -70,7 +73,7 @@ class FitzHughNagumo(AbstractReactionModel):
         "dv/dt = b*(u - c3*v)"
     )
 
-    def rates(self, t, state: Float[Array, "state *node"]) -> Float[Array, "state *node"]:
+    def rates(self, t, state: Float[Array, " state *node"]) -> Float[Array, " state *node"]:
         u, v = state[0], state[1]
         du = self.c1 * u * (u - self.a) * (1.0 - u) - self.c2 * u * v
         dv = self.b * (u - self.c3 * v)

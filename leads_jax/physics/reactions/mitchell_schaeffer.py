@@ -64,8 +64,11 @@ class MitchellSchaeffer(AbstractReactionModel):
         "membrane. Bull Math Biol 2003;65(5):767-793."
     )
     state_bounds: ClassVar[tuple[tuple[float, float], ...]] = ((-0.5, 1.5), (-0.1, 1.1))
-    stable_dt: ClassVar[float] = 0.05
-    stable_dt_limits: ClassVar[dict[str, float]] = {}
+    # measured (RK4; usable limits per scheme): python -m leads_jax.physics.reactions._stability
+    stable_dt: ClassVar[float] = 0.5
+    stable_dt_limits: ClassVar[dict[str, float]] = {
+        "euler": 1.1, "rk4": 1.62, "rush-larsen": 1.1
+    }
     switch_steepness: ClassVar[float] = 200.0
     v_rest: ClassVar[float] = -85.0
     v_scale: ClassVar[float] = 100.0
@@ -76,7 +79,7 @@ class MitchellSchaeffer(AbstractReactionModel):
         "dh/dt = (1 - H)*(1 - h)/tau_open - H*h/tau_close,  H = H(u - u_gate) (smooth step)"
     )
 
-    def rest_state(self, n_nodes: int | None = None) -> Float[Array, "state *node"]:
+    def rest_state(self, n_nodes: int | None = None) -> Float[Array, " state *node"]:
         rest = jnp.zeros((2,) + (() if n_nodes is None else (n_nodes,)))
         return rest.at[1].set(1.0)
 
@@ -86,13 +89,13 @@ class MitchellSchaeffer(AbstractReactionModel):
         beta = alpha + H / self.tau_close
         return alpha, beta
 
-    def rates(self, t, state: Float[Array, "state *node"]) -> Float[Array, "state *node"]:
+    def rates(self, t, state: Float[Array, " state *node"]) -> Float[Array, " state *node"]:
         u, h = state[0], state[1]
         du = h * u**2 * (1.0 - u) / self.tau_in - u / self.tau_out
         alpha, beta = self._gate(u)
         dh = alpha - beta * h
         return jnp.stack([du, dh])
 
-    def gate_inf_tau(self, state: Float[Array, "state *node"]):
+    def gate_inf_tau(self, state: Float[Array, " state *node"]):
         alpha, beta = self._gate(state[0])
         return (alpha / beta)[None], (1.0 / beta)[None]

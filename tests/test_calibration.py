@@ -1,0 +1,93 @@
+"""The committed calibration against targets recomputed from the study table (fast), and the
+full calibration / kernel re-measurement (slow)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ecg_world.calibration import (
+    CALIBRATED_JSON,
+    Calibration,
+    calibrate,
+    coverage_table,
+    default_calibration,
+    predicted_time_courses,
+)
+from ecg_world.ecgrdvq import compute_targets
+
+CSV = "ecgrdvq/SCR-002.Clinical.Data.dev.csv"
+ACCEPT = ("QTcF", "PR", "HR")
+
+
+@pytest.fixture(scope="module")
+def targets(data_dir):
+    return compute_targets(data_dir / CSV)
+
+
+def test_committed_parameters_have_provenance(targets):
+    doc = json.loads(CALIBRATED_JSON.read_text())
+    prov = doc["provenance"]
+    for k in ("created_utc", "subjects", "calibration_drugs", "git_commit", "method"):
+        assert k in prov
+    assert set(prov["calibration_drugs"]) == set(targets.drug.values)
+    cal = default_calibration()
+    # the map is shared: scalar parameters only, no per-drug ECG entries
+    assert all(np.ndim(v) == 0 for v in cal.emap.to_dict().values())
+    assert set(cal.pk) >= {"dofetilide", "quinidine", "ranolazine", "verapamil"}
+    for d, p in cal.pk.items():
+        lo, hi = cal.library[d].unbound_fraction_range
+        assert lo - 1e-6 <= p["unbound_fraction"] <= hi + 1e-6
+
+
+def test_committed_parameters_reproduce_recomputed_targets(targets):
+    """Effect-space check of the committed parameters against the table's targets (the
+    kernel re-measurement is the slow test below)."""
+    pred = predicted_time_courses(default_calibration(), targets, n_virtual=256)
+    cov = coverage_table(pred.sim_mean, targets).set_index(["drug", "endpoint"])
+    for d in targets.drug.values:
+        assert cov.loc[(d, "QTcF"), "inside_band"] >= 0.8, d
+        assert cov.loc[(d, "HR"), "inside_band"] >= 0.8, d
+        assert cov.loc[(d, "PR"), "inside_band"] >= 0.7, d
+        assert cov.loc[(d, "QTcF"), "rmse"] < 10.0
+    # peak timing and size of the two strong hERG blockers
+    for d in ("dofetilide", "quinidine"):
+        sim = pred.sim_mean.sel(drug=d, endpoint="QTcF")
+        assert 50 < float(sim.max()) < 95
+        assert 1.0 <= float(sim.idxmax("time")) <= 4.0
+
+
+def test_calibration_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Calibration.from_json(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"effect_map": {}}))
+    with pytest.raises(ValueError, match="missing sections"):
+        Calibration.from_json(tmp_path / "bad.json")
+
+
+def test_calibrate_rejects_table_without_columns(data_dir, tmp_path):
+    import pandas as pd
+
+    raw = pd.read_csv(data_dir / CSV, nrows=50).drop(columns=["RR"])
+    with pytest.raises(ValueError, match="RR"):
+        calibrate(raw)
+
+
+@pytest.mark.slow
+def test_kernel_simulated_cohort_meets_acceptance(data_dir, targets):
+    from ecg_world.calibration import simulate_study_kernel
+
+    ker = simulate_study_kernel(default_calibration(), data_dir / CSV, targets=targets)
+    cov = coverage_table(ker.sim_mean, targets).set_index(["drug", "endpoint"])
+    misses = [(d, e, round(cov.loc[(d, e), "inside_band"], 2)) for d in targets.drug.values
+              for e in ACCEPT if cov.loc[(d, e), "inside_band"] < 0.8]
+    # known, reported miss: dofetilide's ddPR (observed slightly negative, no mechanism)
+    assert set(m[:2] for m in misses) <= {("dofetilide", "PR")}, misses
+
+
+@pytest.mark.slow
+def test_full_calibration_is_reproducible(data_dir, targets):
+    cal, _ = calibrate(data_dir / CSV, max_nfev=60)
+    pred = predicted_time_courses(cal, targets, n_virtual=256)
+    cov = coverage_table(pred.sim_mean, targets).set_index(["drug", "endpoint"])
+    assert all(cov.loc[(d, "QTcF"), "inside_band"] >= 0.8 for d in targets.drug.values)
