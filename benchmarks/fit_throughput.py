@@ -162,7 +162,8 @@ def bench_torch(n_steps):
     except ImportError:
         print("(c) skipped: torch/torchdiffeq are not installed (pip install -e '.[bench]')")
         return {}
-    torch.set_num_threads(os.cpu_count() or 1)
+    # 64-node tensors: one thread is fastest (more threads only add synchronisation).
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     from leads_jax.geometry import Geometry
 
@@ -216,6 +217,7 @@ def bench_torch(n_steps):
         opt.step()
         if i > 0:  # the first step warms up allocators
             times.append(time.perf_counter() - t0)
+        print(f"    torch step {i}: {time.perf_counter() - t0:.2f} s", flush=True)
     per = min(times)
     print(f"(c) PyTorch + torchdiffeq (rk4), one candidate at a time: {per:.3f} s/candidate/step "
           f"(torch {torch.__version__})", flush=True)
@@ -234,16 +236,17 @@ def main(argv=None) -> int:
     import jax
 
     device = jax.devices()[0].platform
+    load0 = os.getloadavg()[0]
     print(PROBLEM)
     print(f"device: {device} ({jax.devices()[0].device_kind}), {os.cpu_count()} CPU cores, "
           f"jax {jax.__version__}", flush=True)
     rows = bench_torch(args.torch_steps)
     rows.update(bench_jax(args.sizes, args.repeats))
-    write(rows, device, pathlib.Path(args.out))
+    write(rows, device, pathlib.Path(args.out), (load0, os.getloadavg()[0]))
     return 0
 
 
-def write(rows, device, out: pathlib.Path):
+def write(rows, device, out: pathlib.Path, load=(math.nan, math.nan)):
     import jax
     import xarray as xr
 
@@ -270,6 +273,7 @@ def write(rows, device, out: pathlib.Path):
             "python": sys.version.split()[0],
             "jax": jax.__version__,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "load_average_1min": f"{load[0]:.1f} at start, {load[1]:.1f} at end",
         },
     )
     atomic_write_bytes(out / f"fit_throughput_{device}.nc", bytes(ds.to_netcdf(engine="h5netcdf")))
@@ -279,7 +283,8 @@ def write(rows, device, out: pathlib.Path):
         PROBLEM + ".",
         "",
         f"Device: {ds.attrs['device']}, {ds.attrs['cpu_cores']} CPU cores, jax {jax.__version__}, "
-        f"{ds.attrs['date']}.",
+        f"{ds.attrs['date']}; 1-min load average {ds.attrs['load_average_1min']} (a shared "
+        "machine: a load above the core count inflates every time here).",
         "",
         "| method | candidates | s / candidate / step | compile (s) | vs torch | vs sequential |",
         "|---|---:|---:|---:|---:|---:|",

@@ -4,19 +4,25 @@ Prints, in one run, seconds per 10-s ECG at 500 Hz for
 
 - neurokit2 ``ecg_simulate(method="ecgsyn")``, called sequentially as users call it
   (defaults otherwise: 70 bpm, heart_rate_std 1, noise 0.01);
-- this kernel at batch 1, 64, 256 and 1024: one compiled call doing what ECGSYN
+- the pure kernel at batch 1, 64, 256 and 1024: one compiled call doing what ECGSYN
   does per ECG -- the RR process (bimodal spectrum, random phases), its cubic
-  upsampling to 500 Hz, ECGSYN's beat construction, the exact-exponential
-  integration of 10 s at 500 Hz and the min-max scaling to mV -- for ECGs with
-  different keys and heart rates (60-100 bpm). Compile time is reported apart;
+  upsampling to 500 Hz (evaluated at the samples ECGSYN's beat loop reads),
+  ECGSYN's beat construction, the exact-exponential integration of 10 s at 500 Hz
+  and the min-max scaling to mV -- for ECGs with different keys and heart rates
+  (60-100 bpm), in both heart-rate scalings;
 - the user API ``simulate_ecg_batch`` (numpy/xarray wrapper, 16 s integrated as
-  ECGSYN does, plus noise) at batch 1024, end to end.
+  ECGSYN does, input checks, plus noise) at batch 1024, end to end.
 
-Wall-clock medians over repeats, and the process CPU time (all threads) per ECG,
-which is the fairer figure on a shared machine. Results:
+Compile time (the first call) is reported apart. The machine may be shared, so
+neurokit2 and the kernels are timed **interleaved**: each round times a few
+neurokit2 calls, then one call of every kernel configuration, so that both see
+the same load; the speed-ups are ratios of medians over all rounds, in process
+CPU time (all threads; the fairer figure under load) and in wall time
+(``time.perf_counter``), with ``jax.block_until_ready`` on every result. The load
+average is recorded at the start and end. Results:
 ``benchmarks/results/mcsharry_throughput_<platform>.{nc,md}``.
 
-Usage: python benchmarks/mcsharry_throughput.py [--quick]
+Usage: python benchmarks/mcsharry_throughput.py [--quick] [--rounds N]
 """
 
 from __future__ import annotations
@@ -34,43 +40,27 @@ import numpy as np
 
 from leads_jax.physics.mcsharry import (
     McSharryECG,
+    _rr_beats_from_knots,
     _waveform_raw,
     rr_process,
-    rr_to_beats,
     simulate_ecg_batch,
-    upsample_rr,
 )
 
 HERE = pathlib.Path(__file__).parent
 FS, DURATION = 500, 10.0
 N_RR = 16  # ECGSYN's RR series for a 10-s record at 60-110 bpm: 16 s at 1 Hz
+BATCHES = (1, 64, 256, 1024)
+API_BATCH = 1024
 
 
-def _timeit(fn, repeats):
-    walls, cpus = [], []
-    for _ in range(repeats):
-        c0, w0 = time.process_time(), time.perf_counter()
-        fn()
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-    return statistics.median(walls), statistics.median(cpus)
-
-
-def bench_neurokit(n_calls):
-    import neurokit2 as nk
-
-    nk.ecg_simulate(duration=DURATION, sampling_rate=FS, method="ecgsyn", random_state=0)
-    walls, cpus = [], []
-    for i in range(n_calls):
-        c0, w0 = time.process_time(), time.perf_counter()
-        nk.ecg_simulate(duration=DURATION, sampling_rate=FS, method="ecgsyn", random_state=i)
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-    return statistics.median(walls), statistics.median(cpus)
+def _timed(fn):
+    c0, w0 = time.process_time(), time.perf_counter()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
 
 
 def make_kernel(hr_scaling):
-    """One ECG, ECGSYN's pipeline; vmapped and jitted by the caller."""
+    """One ECG, ECGSYN's pipeline; vmapped and jitted."""
     model = McSharryECG.default()
     n = int(DURATION * FS)
     dt = 1.0 / FS
@@ -78,8 +68,7 @@ def make_kernel(hr_scaling):
 
     def one(key, hr):
         rr0 = rr_process(key, N_RR, heart_rate=hr, heart_rate_std=1.0)
-        rr_int = upsample_rr(rr0, FS)
-        beats = rr_to_beats(rr_int, dt, max_beats)
+        beats = _rr_beats_from_knots(rr0, FS, dt, max_beats)
         z = _waveform_raw(
             model, beats, n, dt, hr_scaling=hr_scaling, mean_rr=60.0 / hr, z_init=0.04,
             phase0=0.0, resp_amplitude=0.005, resp_frequency=0.25,
@@ -90,57 +79,81 @@ def make_kernel(hr_scaling):
     return jax.jit(jax.vmap(one))
 
 
+def _nk_call(i):
+    import neurokit2 as nk
+
+    return nk.ecg_simulate(duration=DURATION, sampling_rate=FS, method="ecgsyn", random_state=i)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7)")
+    parser.add_argument("--nk-per-round", type=int, default=3,
+                        help="neurokit2 calls per round (default 3)")
     args = parser.parse_args(argv)
-    repeats = 3 if args.quick else 7
-    batches = (1, 64, 256, 1024)
+    rounds = args.rounds or (3 if args.quick else 7)
+    load_start = os.getloadavg()
 
-    nk_wall, nk_cpu = bench_neurokit(5 if args.quick else 15)
-    print(f"neurokit2 ECGSYN (sequential): {nk_wall * 1e3:.1f} ms wall, "
-          f"{nk_cpu * 1e3:.1f} ms CPU per 10-s ECG at {FS} Hz")
-
-    rows = []
+    # --- compile (first call) of every configuration, timed apart
+    configs = []  # (label, hr_scaling, batch, callable)
     for hr_scaling in ("ecgsyn", "physiological"):
         kernel = make_kernel(hr_scaling)
-        for b in batches:
+        for b in BATCHES:
             keys = jax.random.split(jax.random.key(b), b)
-            hrs = jnp.asarray(np.random.default_rng(b).uniform(60, 100, b))
-            t0 = time.perf_counter()
-            jax.block_until_ready(kernel(keys, hrs))
-            compile_s = time.perf_counter() - t0
+            hrs = jnp.asarray(np.random.default_rng(b).uniform(60, 100, b), jnp.float32)
             run = lambda k=kernel, ks=keys, h=hrs: jax.block_until_ready(k(ks, h))  # noqa: E731
-            wall, cpu = _timeit(run, repeats)
-            rows.append((f"kernel ({hr_scaling})", hr_scaling, b, compile_s, wall / b, cpu / b))
-            print(f"kernel hr_scaling={hr_scaling:13s} batch {b:5d}: "
-                  f"{wall / b * 1e3:8.3f} ms wall/ECG ({nk_wall / (wall / b):7.0f}x), "
-                  f"{cpu / b * 1e3:8.3f} ms CPU/ECG ({nk_cpu / (cpu / b):7.0f}x); "
-                  f"compile+first {compile_s:.1f} s", flush=True)
+            configs.append([f"kernel ({hr_scaling})", hr_scaling, b, run])
+    hrs_api = np.random.default_rng(0).uniform(60, 100, API_BATCH)
 
-    b = 1024
-    hrs = np.random.default_rng(0).uniform(60, 100, b)
-    call = lambda: simulate_ecg_batch(DURATION, FS, hrs, 1.0, key=jax.random.key(0))  # noqa: E731
-    t0 = time.perf_counter()
-    call()
-    compile_s = time.perf_counter() - t0
-    wall, cpu = _timeit(call, max(2, repeats // 2))
-    rows.append(("simulate_ecg_batch (user API)", "ecgsyn", b, compile_s, wall / b, cpu / b))
-    print(f"simulate_ecg_batch batch {b}: {wall / b * 1e3:.3f} ms wall/ECG "
-          f"({nk_wall / (wall / b):.0f}x), {cpu / b * 1e3:.3f} ms CPU/ECG "
-          f"({nk_cpu / (cpu / b):.0f}x); compile+first {compile_s:.1f} s")
+    def api():
+        out = simulate_ecg_batch(DURATION, FS, hrs_api, 1.0, key=jax.random.key(0))
+        return np.asarray(out.values)
 
-    write(rows, nk_wall, nk_cpu)
+    configs.append(["simulate_ecg_batch (user API)", "ecgsyn", API_BATCH, api])
+    compile_s = {}
+    for label, _, b, run in configs:
+        compile_s[(label, b)] = _timed(run)[0]
+    _nk_call(0)  # neurokit2 warm-up (imports)
+
+    # --- interleaved rounds
+    nk_w, nk_c = [], []
+    samples = {(c[0], c[2]): ([], []) for c in configs}
+    for r in range(rounds):
+        for i in range(args.nk_per_round):
+            w, c = _timed(lambda i=i: _nk_call(1 + r * args.nk_per_round + i))
+            nk_w.append(w)
+            nk_c.append(c)
+        for label, _, b, run in configs:
+            w, c = _timed(run)
+            samples[(label, b)][0].append(w / b)
+            samples[(label, b)][1].append(c / b)
+    load_end = os.getloadavg()
+    nk_wall, nk_cpu = statistics.median(nk_w), statistics.median(nk_c)
+    print(f"neurokit2 ECGSYN (sequential): {nk_wall * 1e3:.1f} ms wall, {nk_cpu * 1e3:.1f} ms CPU "
+          f"per 10-s ECG at {FS} Hz (median of {len(nk_c)} calls interleaved with the kernels)")
+    print(f"load average (1, 5, 15 min): start {load_start[0]:.1f} {load_start[1]:.1f} "
+          f"{load_start[2]:.1f}, end {load_end[0]:.1f} {load_end[1]:.1f} {load_end[2]:.1f}; "
+          f"{os.cpu_count()} CPUs")
+    rows = []
+    for label, hr_scaling, b, _ in configs:
+        ws, cs = samples[(label, b)]
+        wall, cpu = statistics.median(ws), statistics.median(cs)
+        rows.append((label, hr_scaling, b, compile_s[(label, b)], wall, cpu))
+        print(f"{label:30s} batch {b:5d}: {wall * 1e3:8.4f} ms wall/ECG ({nk_wall / wall:6.0f}x), "
+              f"{cpu * 1e3:8.4f} ms CPU/ECG ({nk_cpu / cpu:6.0f}x); "
+              f"compile+first {compile_s[(label, b)]:.1f} s", flush=True)
+    write(rows, nk_wall, nk_cpu, load_start, load_end, rounds, len(nk_c))
     return 0
 
 
-def write(rows, nk_wall, nk_cpu):
+def write(rows, nk_wall, nk_cpu, load_start, load_end, rounds, n_nk):
     import xarray as xr
 
     backend = jax.default_backend()
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     n_cpu = os.cpu_count()
     ds = xr.Dataset(
         {
@@ -157,10 +170,13 @@ def write(rows, nk_wall, nk_cpu):
             "task": f"one {DURATION:g}-s ECG at {FS} Hz",
             "neurokit2_wall_s_per_ecg": nk_wall,
             "neurokit2_cpu_s_per_ecg": nk_cpu,
+            "method": f"medians over {rounds} interleaved rounds ({n_nk} neurokit2 calls); "
+                      "CPU = time.process_time, wall = time.perf_counter",
             "backend": backend,
             "device": str(jax.devices()[0]),
             "machine": f"{platform.processor() or platform.machine()}, {n_cpu} CPUs",
-            "load_average_1min": load,
+            "load_average_start": np.array(load_start),
+            "load_average_end": np.array(load_end),
             "jax": jax.__version__,
         },
     )
@@ -169,10 +185,12 @@ def write(rows, nk_wall, nk_cpu):
         f"# McSharry kernel throughput ({backend})",
         "",
         f"One {DURATION:g}-s ECG at {FS} Hz. neurokit2 ECGSYN (sequential): "
-        f"**{nk_wall * 1e3:.1f} ms wall, {nk_cpu * 1e3:.1f} ms CPU** per ECG.",
-        f"Machine: {ds.attrs['machine']}, device {ds.attrs['device']}, jax {jax.__version__}, "
-        f"1-min load average {load:.1f} during the run (a shared machine inflates wall times; "
-        "CPU time is the fairer figure).",
+        f"**{nk_wall * 1e3:.1f} ms wall, {nk_cpu * 1e3:.1f} ms CPU** per ECG (median of {n_nk} "
+        f"calls, interleaved with the kernels over {rounds} rounds).",
+        f"Machine: {ds.attrs['machine']}, device {ds.attrs['device']}, jax {jax.__version__}; "
+        f"load average (1/5/15 min) {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f} "
+        f"at the start, {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at the end (a "
+        "shared machine inflates wall times; CPU time is the fairer figure).",
         "",
         "| variant | batch | compile+first (s) | ms wall / ECG | x neurokit2 (wall) "
         "| ms CPU / ECG | x neurokit2 (CPU) |",
@@ -180,8 +198,8 @@ def write(rows, nk_wall, nk_cpu):
     ]
     for r in rows:
         lines.append(
-            f"| {r[0]} | {r[2]} | {r[3]:.1f} | {r[4] * 1e3:.3f} | {nk_wall / r[4]:.0f} | "
-            f"{r[5] * 1e3:.3f} | {nk_cpu / r[5]:.0f} |"
+            f"| {r[0]} | {r[2]} | {r[3]:.1f} | {r[4] * 1e3:.4f} | {nk_wall / r[4]:.0f} | "
+            f"{r[5] * 1e3:.4f} | {nk_cpu / r[5]:.0f} |"
         )
     lines += [
         "",

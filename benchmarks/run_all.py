@@ -18,14 +18,17 @@ HERE = pathlib.Path(__file__).parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--only", nargs="*", default=None, help="script stems to run (default: all)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--only", nargs="*", default=None, help="script stems (default: all)")
     args = parser.parse_args(argv)
     scripts = sorted(p for p in HERE.glob("*.py") if p.name != pathlib.Path(__file__).name)
     if args.only:
         unknown = set(args.only) - {p.stem for p in scripts}
         if unknown:
-            parser.error(f"unknown benchmark(s) {sorted(unknown)}; have {[p.stem for p in scripts]}")
+            have = [p.stem for p in scripts]
+            parser.error(f"unknown benchmark(s) {sorted(unknown)}; have {have}")
         scripts = [p for p in scripts if p.stem in args.only]
     failed = []
     for script in scripts:

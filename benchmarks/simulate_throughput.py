@@ -17,7 +17,7 @@ Timed (compile time apart, best of ``--repeats``):
 
 Also printed: each catalog model's stable step (``stable_dt``) and the scheme it refers
 to, read from the reaction catalog. Results go to
-``benchmarks/results/simulate_throughput_<backend>.{json,md}``.
+``benchmarks/results/simulate_throughput_<backend>.{nc,md}``.
 
 Run: ``python benchmarks/simulate_throughput.py [--steps 2000] [--dt 0.05]``.
 """
@@ -33,6 +33,7 @@ import time
 import equinox as eqx
 import jax
 import numpy as np
+import xarray as xr
 
 from leads_jax.compile import compile_structure, replace_parameters, stack_models
 from leads_jax.datasets import default_conductivity
@@ -229,12 +230,33 @@ def main(argv=None):
     print(text)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"simulate_throughput_{backend}")
-    for ext, content in ((".json", json.dumps(results, indent=2)), (".md", text)):
-        tmp = stem + ext + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(content)
-        os.replace(tmp, stem + ext)
-    print(f"wrote {stem}.json and {stem}.md")
+    impl = ["numpy_euler", "jax_euler", "jax_rk4", f"jax_euler_vmap{args.batch}_per_member"]
+    secs = [sec_np, sec_e, sec_r, sec_b / args.batch]
+    models = list(results["stable_dt"])
+    ds = xr.Dataset(
+        {
+            "seconds": ("implementation", np.asarray(secs), {"units": "s"}),
+            "speedup_vs_numpy": ("implementation", sec_np / np.asarray(secs), {"units": "1"}),
+            "compile_seconds": (
+                "implementation", np.asarray([np.nan, comp_e, comp_r, comp_b]), {"units": "s"}
+            ),
+            "stable_dt": (
+                "model", np.asarray([results["stable_dt"][m]["stable_dt_ms"] for m in models]),
+                {"units": "ms", "scheme": "rk4, single cell at default parameters"},
+            ),
+        },
+        coords={"implementation": impl, "model": models},
+        attrs={k: (json.dumps(v) if isinstance(v, dict) else v)
+               for k, v in results.items() if not isinstance(v, dict) or k != "stable_dt"},
+    )
+    tmp = stem + ".nc.tmp"
+    ds.to_netcdf(tmp, engine="h5netcdf")
+    os.replace(tmp, stem + ".nc")
+    tmp = stem + ".md.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, stem + ".md")
+    print(f"wrote {stem}.nc and {stem}.md")
     return results
 
 

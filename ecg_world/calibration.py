@@ -517,7 +517,10 @@ def default_calibration() -> Calibration:
     """The committed calibration (``ecg_world/data/calibrated.json``), cached."""
     global _DEFAULT
     if _DEFAULT is None:
-        _DEFAULT = Calibration.from_json()
+        # The first call may come from inside a jit trace (apply_action's default);
+        # build the cached arrays eagerly so no tracer leaks into the cache.
+        with jax.ensure_compile_time_eval():
+            _DEFAULT = Calibration.from_json()
     return _DEFAULT
 
 

@@ -53,18 +53,19 @@ def _add_calibrate(sub):
     p = sub.add_parser("calibrate", help="calibrate the pharmacology against the study table")
     p.add_argument("--table", type=pathlib.Path,
                    default=pathlib.Path("tests/data/ecgrdvq/SCR-002.Clinical.Data.dev.csv"))
-    p.add_argument("--out", type=pathlib.Path, default=None,
-                   help="calibrated JSON (default: ecg_world/data/calibrated.json)")
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("calibrated.json"),
+                   help="calibrated JSON to write (default: ./calibrated.json; the package's "
+                        "committed file is ecg_world/data/calibrated.json)")
     p.add_argument("--report", type=pathlib.Path, default=None,
                    help="write the report (tables, figure, LODO) into this folder")
     p.add_argument("--no-lodo", action="store_true", help="skip leave-one-drug-out")
 
 
 def _run_calibrate(args) -> int:
-    from .calibration import CALIBRATED_JSON, calibrate
+    from .calibration import calibrate
 
     cal, targets = calibrate(args.table)
-    path = cal.to_json(args.out or CALIBRATED_JSON)
+    path = cal.to_json(args.out)
     print(f"wrote {path}")
     if args.report:
         from .calibration import write_report

@@ -16,7 +16,7 @@ def cohort(tmp_path_factory):
     out = tmp_path_factory.mktemp("cohort") / "cohort.nc"
     rc = main(["synth", "--n-patients", str(N), "--out", str(out), "--seed", "3",
                "--times", *map(str, TIMES), "--sampling-rate", "125", "--duration", "4",
-               "--leads", "II", "V2", "--long-qt-share", "0.5"])
+               "--leads", "I", "V2", "--long-qt-share", "0.5"])
     assert rc == 0 and out.exists()
     return read_cohort(out)
 
@@ -29,9 +29,9 @@ def test_dims_and_units(cohort):
                                       "verapamil"]
     assert ds.ecg.attrs["units"] == "mV" and ds.attrs["sampling_rate_hz"] == 125.0
     assert np.isfinite(ds.ecg.values).all()
-    # R-aligned: the first R peak sits at first_r_peak_s in lead II (positive R)
+    # R-aligned: the first R peak sits at first_r_peak_s (lead I: R taller than T)
     t0 = ds.attrs["first_r_peak_s"]
-    seg = ds.ecg.sel(lead="II").isel(time=slice(0, int(0.6 * 125)))
+    seg = ds.ecg.sel(lead="I").isel(time=slice(0, int(0.6 * 125)))
     peak_t = seg.time.values[np.asarray(seg.argmax("time")).ravel()]
     assert np.median(np.abs(peak_t - t0)) <= 0.025
 

@@ -73,6 +73,8 @@ def test_bad_inputs_fail_before_any_compilation(dataset):
                 geometry=Geometry.cable(64, dx=0.05))
         with pytest.raises(ValueError, match="FitConfig.learning_rate"):
             fit(CANDIDATES[:1], dataset, {"learning_rate": -0.1}, key=jax.random.key(0))
+        with pytest.raises(ValueError, match=r"unknown FitConfig field\(s\) \['lr'\]"):
+            fit(CANDIDATES[:1], dataset, {"lr": 0.1}, key=jax.random.key(0))
         with pytest.raises(ValueError, match="candidate 1 is invalid"):
             fit([CANDIDATES[0], Structure.make("aliev-panfilov", free=("nope",))], dataset,
                 CFG, key=jax.random.key(0))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from leads_jax.datasets import make_dataset
-from leads_jax.fit import FitConfig, fit
+from leads_jax.fit import FitConfig, fit, stability_audit
 from leads_jax.geometry import Geometry
 from leads_jax.structure import Structure
 
@@ -44,6 +44,11 @@ def test_parameter_recovery_aliev_panfilov_cable():
         assert got == pytest.approx(true, rel=0.05), (name, got, true)
     # at the noise level (1% of the ~105 mV range), also on the 3x horizon at unseen sites
     assert row["val_rmse"].item() < 1.5 and row["test_rmse"].item() < 3.0
+    # the public audit of the fitted models says the same
+    audit = stability_audit(res.models, ds, cfg)
+    assert bool(audit["stable"][0])
+    np.testing.assert_allclose(audit["test_rmse"].values, res.dataset["test_rmse"].values,
+                               rtol=1e-5)
 
 
 SHARD_SCRIPT = r"""

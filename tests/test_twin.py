@@ -9,6 +9,8 @@ from ecg_world.twin import kernel_intervals, twin_from_intervals
 
 pytest.importorskip("leads_jax.physics.ecg_fiducials")
 
+KI = jax.jit(kernel_intervals)  # compiled once for the module
+
 # (RR, PR, QRS, QT) ms: a typical, a fast short-PR and a slow long-QT subject
 INTERVALS = np.array([[1057.0, 165.0, 98.0, 401.0], [780.0, 132.0, 84.0, 352.0],
                       [1300.0, 205.0, 112.0, 470.0]])
@@ -33,8 +35,8 @@ def test_twin_reproduces_intervals(twins):
 def test_wave_stretches_realise_fractional_changes(twins):
     params, _ = twins
     m = jax.tree_util.tree_map(lambda x: x[0], params.ecg)
-    hr = float(params.heart_rate[0])
-    f = jax.jit(kernel_intervals)
+    hr = params.heart_rate[0]
+    f = KI
     base = np.asarray(f(m, hr))
     for k, args in ((3, (0.1, 0.0, 0.0)), (1, (0.0, 0.1, 0.0)), (2, (0.0, 0.0, 0.1))):
         got = np.asarray(f(scale_waves(m, *args), hr))
@@ -46,11 +48,11 @@ def test_drug_prolongs_twin_qt(twins):
 
     params, _ = twins
     p0 = jax.tree_util.tree_map(lambda x: x[0], params)
-    f = jax.jit(kernel_intervals)
+    step = jax.jit(apply_action)
     qt = {}
     for d in ("placebo", "dofetilide"):
-        q = apply_action(p0, make_action(d, time_h=2.5))
-        qt[d] = float(f(q.ecg, q.heart_rate)[3])
+        q = step(p0, make_action(d, time_h=2.5))
+        qt[d] = float(KI(q.ecg, q.heart_rate)[3])
     assert qt["dofetilide"] - qt["placebo"] > 30.0
 
 

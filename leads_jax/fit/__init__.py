@@ -34,6 +34,7 @@ from ._engine import member_step as member_step
 from ._engine import train_members as train_members
 from ._fit import SimulateRollout as SimulateRollout
 from ._fit import fit as fit
+from ._fit import stability_audit as stability_audit
 from ._io import load_candidate as load_candidate
 from ._io import read_candidate_header as read_candidate_header
 from ._io import save_candidate as save_candidate

@@ -32,11 +32,15 @@ constant, so over one step of length ``h``
 
 (integration by parts): exact but for the smooth middle integral, taken by the
 trapezoid rule (relative error ~ h^2 / (12 sigma), about 1e-5 at 500 Hz, far below
-the 0.01 mV parity target); the baseline integral is exact. Two evaluations of the
-five Gaussians per sample (step start and end). The linear recurrence is solved blocked: a
-lower-triangular Toeplitz matmul inside blocks of 32 steps and an associative scan
-across blocks. There is no step-by-step loop over time, so a batch of ECGs is a
-few dense array operations.
+the 0.01 mV parity target); the baseline integral is exact. The five Gaussians
+are evaluated once per sample (``G`` at a step's end is the next step's start value,
+except where a beat starts: one correction per beat). Samples are grouped in blocks
+of 32 (at most 64 ms, so a block holds at most one beat start and each sample picks
+its beat's parameters with one comparison -- no per-sample search or gather); the
+linear recurrence is one GEMM with a fixed 32 x 32 matrix inside the blocks and a
+scan over the blocks. There is no step-by-step loop over time, so a batch of ECGs
+is a few dense array operations (beats shorter than a block, RR below ~66 ms, give
+NaN).
 
 **Heart-rate scaling.** The wave parameters of a :class:`McSharryECG` describe the
 beat at 60 bpm (RR = 1 s). Two ways to move to another rate:
@@ -124,6 +128,7 @@ WaveLike = ArrayLike | Sequence
 Scale = str
 _TWO_PI = 2.0 * math.pi
 _BLOCK = 32
+_UNROLL = 8  # blocks per iteration of the carry scan (loop overhead at small batch)
 
 
 def _is_concrete(x) -> bool:
@@ -407,48 +412,66 @@ def rr_to_beats(rr_int: Float[Array, " m"], dt: float, max_beats: int) -> Float[
     return rrs
 
 
+def _rr_beats_from_knots(rr0: Float[Array, " n"], factor: int, dt: float,
+                         max_beats: int) -> Float[Array, " beat"]:
+    """:func:`rr_to_beats` of ``upsample_rr(rr0, factor)``, evaluating the upsampled
+    series only at the ``max_beats`` samples the beat loop reads (a 16-term dot
+    product each) instead of all ``n * factor`` of them. Same values up to float
+    rounding of the dot products."""
+    n = rr0.shape[-1]
+    m = n * int(factor)
+    zt = jnp.asarray(_zoom_matrix(n, int(factor)).T, dtype=rr0.dtype)  # (m, n)
+
+    def step(carry, _):
+        i, tecg = carry
+        r = jnp.take(zt, jnp.minimum(i, m - 1), axis=0) @ rr0
+        tecg = tecg + r
+        ip = jnp.round(tecg / dt).astype(jnp.int32)
+        return (ip, tecg), r
+
+    (_, _), rrs = jax.lax.scan(
+        step, (jnp.int32(0), jnp.zeros((), rr0.dtype)), None, length=max_beats
+    )
+    return rrs
+
+
 # ----------------------------------------------------------------------------
 # The exact-exponential integrator
 # ----------------------------------------------------------------------------
 
 
-def _linear_recurrence(g: Float[Array, "*batch n"], z_init, lam: float) -> Float[Array, "*batch n"]:
-    """``z_{k+1} = lam z_k + g_k``, returning ``(z_1, ..., z_n)``.
+def _block_len(dt: float) -> int:
+    """Samples per block of the integrator: 32, or fewer so that a block spans <= 64 ms.
 
-    Blocked: inside blocks of ``B`` steps, ``z`` is a lower-triangular Toeplitz
-    matmul of ``g`` (one GEMM for the whole batch); across blocks an associative
-    scan carries the block-start values. Stable for any length (only ``lam^k`` with
-    ``0 <= k <= B`` inside blocks).
-    """
-    n = g.shape[-1]
-    b = _BLOCK if n > _BLOCK else n
-    nb = -(-n // b)
-    pad = nb * b - n
-    gp = jnp.pad(g, [(0, 0)] * (g.ndim - 1) + [(0, pad)])
-    gb = gp.reshape(g.shape[:-1] + (nb, b))
+    A block may contain at most one beat start, so every beat must last at least
+    this many samples (RR >= ~66 ms, i.e. HR <= ~900 bpm, at any sampling rate)."""
+    return int(min(_BLOCK, max(1, math.floor(0.064 / dt + 1e-9))))
+
+
+@functools.lru_cache(maxsize=64)
+def _rec_matrix(b: int, lam: float) -> np.ndarray:
+    """``T[i, j] = lam^(i - j)`` for ``i >= j``, else 0 (the step response inside a block)."""
     k = np.arange(b)
     expo = k[:, None] - k[None, :]
-    lam_pow = np.where(expo >= 0, float(lam) ** np.maximum(expo, 0), 0.0)  # T[i, j]
-    local = gb @ jnp.asarray(lam_pow.T, dtype=g.dtype)  # (..., nb, b)
-    lam_b = float(lam) ** b
-    # carry c_{j+1} = lam^B c_j + local[j, B-1], c_0 = z_init
-    ends = local[..., -1]
+    return np.where(expo >= 0, float(lam) ** np.maximum(expo, 0), 0.0)
 
-    def combine(left, right):
-        a1, b1 = left
-        a2, b2 = right
-        return a1 * a2, a2 * b1 + b2
 
-    a_seq = jnp.full(ends.shape, lam_b, dtype=g.dtype)
-    _, acc = jax.lax.associative_scan(combine, (a_seq, ends), axis=-1)
-    # acc[j] = sum_{j'<=j} lam_b^(j-j') ends[j']; c_j = lam_b^j z_init + acc[j-1]
-    z_init = jnp.asarray(z_init, dtype=g.dtype)
-    jb = np.arange(nb)
-    prev = jnp.concatenate([jnp.zeros_like(acc[..., :1]), acc[..., :-1]], axis=-1)
-    starts = jnp.asarray(lam_b**jb, dtype=g.dtype) * z_init[..., None] + prev
-    lam_in = jnp.asarray(float(lam) ** (k + 1.0), dtype=g.dtype)
-    z = local + starts[..., None] * lam_in
-    return z.reshape(g.shape[:-1] + (nb * b,))[..., :n]
+def _linear_recurrence(v: Float[Array, "*batch n"], lam: float, block: int = _BLOCK):
+    """``z_k = sum_{i <= k} lam^(k - i) v_i`` along the last axis (``z_k = lam z_{k-1} + v_k``,
+    zero start). Blocked: one GEMM with the ``(block, block)`` Toeplitz matrix inside
+    blocks, the same recursively on the block ends (stable: only ``0 <= lam^k <= 1``)."""
+    n = v.shape[-1]
+    if n <= block:
+        return v @ jnp.asarray(_rec_matrix(n, lam).T, v.dtype)
+    nb = -(-n // block)
+    vp = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, nb * block - n)])
+    local = vp.reshape(v.shape[:-1] + (nb, block)) @ jnp.asarray(
+        _rec_matrix(block, lam).T, v.dtype)
+    ends = _linear_recurrence(local[..., -1], float(lam) ** block, block)
+    prev = jnp.concatenate([jnp.zeros_like(ends[..., :1]), ends[..., :-1]], axis=-1)
+    lam_in = jnp.asarray(float(lam) ** (np.arange(block) + 1.0), v.dtype)
+    z = local + prev[..., None] * lam_in
+    return z.reshape(v.shape[:-1] + (nb * block,))[..., :n]
 
 
 def _resp_weights(dt: float, resp_frequency):
@@ -471,17 +494,27 @@ def _beat_starts(rr_beats, dt: float):
     return starts, nxt
 
 
-def _beat_of_sample(starts, n_steps: int):
-    """Beat index of each sample 0..n_steps-1: the last beat with ``starts[j] <= k``.
+def _gsum(theta, t, q, amp):
+    """``sum_i amp_i exp(q_i wrap(theta - t_i)^2)`` (``q_i = -1 / (2 b_i^2)``); ``t, q, amp``
+    broadcast against ``theta[..., None]`` or are given per wave as ``(..., 5)``."""
+    g = 0.0
+    for i in range(5):
+        d = theta - t[..., i]
+        d = d - jnp.round(d * (1.0 / _TWO_PI)) * _TWO_PI
+        g = g + amp[..., i] * jnp.exp(q[..., i] * (d * d))
+    return g
 
-    A binary search, unrolled: on CPU several times faster than a compare-all
-    count or a scatter + cumsum. Lookups by this index use ``jnp.take(...,
-    mode="clip")`` (a plain ``x[idx]`` is much slower on CPU).
-    """
-    # (+ 0 * starts[0]: a traced query, so XLA does not constant-fold a batch-sized iota)
-    k = jnp.arange(n_steps, dtype=jnp.int32) + 0 * starts[0]
-    idx = jnp.searchsorted(starts, k, side="right", method="scan_unrolled") - 1
-    return jnp.clip(idx, 0, starts.shape[-1] - 1)
+
+def _wave_table(model: McSharryECG, rr, hr_scaling: str, mean_rr):
+    """Per-beat ``(t_i, q_i, A_i)``, each ``rr.shape + (5,)``: angle, ``-1/(2 b_i^2)`` and
+    ``A_i = a_i b_i^2 / omega`` (``omega = 2 pi / rr``), so that ``G = sum_i A_i exp(q_i d_i^2)``."""
+    ts, qs, amps = [], [], []
+    for i in range(5):
+        t, a, b = _wave(model, i, rr, hr_scaling, mean_rr)
+        ts.append(t)
+        qs.append(-0.5 / (b * b))
+        amps.append(a * b * b * rr / _TWO_PI)
+    return jnp.stack(ts, -1), jnp.stack(qs, -1), jnp.stack(amps, -1)
 
 
 def _waveform_raw(
@@ -501,56 +534,133 @@ def _waveform_raw(
 
     Beat ``j`` (RR ``rr_j``) runs from sample ``s_j`` to ``s_{j+1} = round(sum_{i<=j}
     rr_i / dt)`` at ``omega_j = 2 pi / rr_j`` (ECGSYN's ``rrn``); the phase is
-    continuous. Over step ``k`` the forcing is ``dG/dt`` with
-    ``G = sum_i (a_i b_i^2 / omega) exp(-dtheta_i^2 / (2 b_i^2))`` (even in
-    ``dtheta_i``, so continuous where it wraps at +-pi),
-    so by parts
+    continuous, ``theta_k = phi_j + omega_j (k - s_j) dt``. Over step ``k -> k+1`` (in
+    beat ``j``) the forcing is ``dG_j/dt`` with ``G_j = sum_i (a_i b_i^2 / omega_j)
+    exp(-dtheta_i^2 / (2 b_i^2))``, so by parts
 
         int_0^h e^{-(h-s)} G'(s) ds = G(h) - e^{-h} G(0) - int_0^h e^{-(h-s)} G(s) ds,
 
     exact except the last, smooth, integral, taken by the trapezoid rule (relative
-    error ~ h^2 / (12 sigma), ~1e-5 at 500 Hz). The baseline term is exact.
+    error ~ h^2 / (12 sigma), ~1e-5 at 500 Hz). The baseline term is exact. Hence
+    ``z_{k+1} = lam z_k + alpha G_j(theta_{k+1}) - beta G_j(theta_k) + r_k`` with
+    ``lam = e^{-h}``, ``alpha = 1 - h/2``, ``beta = lam (1 + h/2)``.
+
+    Evaluation (no loop over time): ``G_k = G_{beat(k)}(theta_k)`` once per sample (five
+    exponentials) on a grid of blocks of ``B`` samples (:func:`_block_len`); a block holds
+    at most one beat start, so each sample picks its beat's parameters from the block's
+    two candidates with one comparison (no per-sample search or gather). The response
+    to ``alpha G_{k+1} - beta G_k`` inside a block is one GEMM with a fixed ``(B, B)``
+    matrix; the block-to-block carry is a scan over blocks; where a beat starts, the
+    step's end value uses the *previous* beat's ``G`` -- an impulse per beat, added in
+    closed form; the baseline response is computed once for the batch. A beat shorter
+    than ``B`` samples (RR below ~66 ms) gives NaN (divergence as data).
     """
     dtype = rr_beats.dtype
-    starts, nxt = _beat_starts(rr_beats, dt)
-    omega_b = _TWO_PI / rr_beats
-    n_in = (nxt - starts).astype(dtype)
-    # phase at each beat start, reduced mod 2 pi before accumulating (float32-safe)
-    adv = jnp.mod(omega_b * n_in * dt, _TWO_PI)
-    phi = phase0 + jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(adv)[:-1]])
-    phi = jnp.mod(phi, _TWO_PI)
-    # theta_k = offset_j + omega_j k dt inside beat j
-    offset = jnp.mod(phi - jnp.mod(omega_b * starts.astype(dtype) * dt, _TWO_PI), _TWO_PI)
     if hr_scaling not in ("ecgsyn", "physiological"):
         raise ValueError(f"hr_scaling must be 'ecgsyn' or 'physiological'; got {hr_scaling!r}.")
     if hr_scaling == "ecgsyn" and mean_rr is None:
         mean_rr = jnp.mean(rr_beats)
-
-    def gsum(theta, rr):
-        # G = sum_i (a_i b_i^2 / omega) exp(-dtheta_i^2 / (2 b_i^2)), omega = 2 pi / rr
-        g = 0.0
-        for i in range(5):
-            t_i, a_i, b_i = _wave(model, i, rr, hr_scaling, mean_rr)
-            d = _wrap(theta - t_i)
-            g = g + (a_i * b_i * b_i) * jnp.exp((-0.5 / (b_i * b_i)) * d * d)
-        return g * (rr / _TWO_PI)
-
-    k = jnp.arange(n_steps, dtype=dtype)
-    idx = _beat_of_sample(starts, n_steps)
-    rr_k = jnp.take(rr_beats, idx, mode="clip")
-    theta = jnp.take(offset, idx, mode="clip") + (_TWO_PI / rr_k) * (k * dt)
-    g_start = gsum(theta, rr_k)
-    # G at the end of each step with that step's parameters (differs from the next
-    # step's g_start only where a new beat begins); a second evaluation is cheaper
-    # on CPU than patching g_start at the beat starts
-    g_end = gsum(theta[:-1] + (_TWO_PI / rr_k[:-1]) * dt, rr_k[:-1])
+    B = _block_len(dt)
+    nbt = rr_beats.shape[-1]
     lam = math.exp(-dt)
+    alpha, beta = 1.0 - 0.5 * dt, lam * (1.0 + 0.5 * dt)
+    # --- per beat: start, phase, phase step, wave table, G at its start and end
+    starts, nxt = _beat_starts(rr_beats, dt)
+    n_in = (nxt - starts).astype(dtype)
+    wdt = (_TWO_PI * dt) / rr_beats
+    adv = jnp.mod(wdt * n_in, _TWO_PI)  # reduced mod 2 pi before accumulating (float32-safe)
+    phi = jnp.mod(phase0 + jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(adv)[:-1]]), _TWO_PI)
+    t_b, q_b, a_b = _wave_table(model, rr_beats, hr_scaling, mean_rr)
+    g_start = _gsum(phi, t_b, q_b, a_b)
+    g_end = _gsum(phi + wdt * n_in, t_b, q_b, a_b)
+    # impulse where beat j starts: the step into s_j ends with beat j-1's G
+    imp = alpha * jnp.concatenate([jnp.zeros(1, dtype), g_end[:-1] - g_start[1:]])
+    phys = hr_scaling == "physiological"
+    if phys:
+        feats = jnp.concatenate([phi[:, None], wdt[:, None], a_b, t_b, q_b], axis=1)
+        t0 = q0 = a0 = None
+    else:  # mean-rate scaling: angles and widths fixed, A_i = A0_i rr_j
+        feats = jnp.stack([phi, wdt, rr_beats], axis=1)
+        t0, q0, a0 = t_b[0], q_b[0], a_b[0] / rr_beats[0]
+    # --- per block: the beat in force at its first sample and the next beat start
+    nblk = -(-n_steps // B)
+    n_pad = nblk * B
+    b0 = jnp.arange(nblk, dtype=jnp.int32) * B
+    blk = jnp.clip(-(-starts // B), 0, nblk)  # first block starting at or after s_j
+    jm = jnp.cumsum(jnp.zeros(nblk + 1, jnp.int32).at[blk].add(1))[:nblk] - 1
+    jm = jnp.clip(jm, 0, nbt - 1)
+    jn = jnp.minimum(jm + 1, nbt - 1)
+    f_m = jnp.take(feats, jm, axis=0, mode="clip")
+    f_n = jnp.take(feats, jn, axis=0, mode="clip")
+    s_next = jnp.concatenate([starts[1:], jnp.full((1,), 2**30, jnp.int32)])
+    s_a = jnp.take(starts, jm, mode="clip")
+    s_b = jnp.take(s_next, jm, mode="clip")
+    # --- per sample: G_k (the only per-sample transcendental work)
+    lane = jnp.arange(B, dtype=jnp.int32)
+    k = b0[:, None] + lane[None, :]
+    later = k >= s_b[:, None]
+
+    def pick(c):
+        return jnp.where(later, f_n[:, c : c + 1], f_m[:, c : c + 1])
+
+    theta = pick(0) + pick(1) * (k - jnp.where(later, s_b[:, None], s_a[:, None])).astype(dtype)
+    g = 0.0
+    for i in range(5):
+        t_i = pick(7 + i) if phys else t0[i]
+        q_i = pick(12 + i) if phys else q0[i]
+        a_i = pick(2 + i) if phys else a0[i]
+        d = theta - t_i
+        d = d - jnp.round(d * (1.0 / _TWO_PI)) * _TWO_PI
+        g = g + a_i * jnp.exp(q_i * (d * d))
+    if not phys:
+        g = g * pick(2)
+    # --- inside blocks: response to v_k = alpha G_k - beta G_{k-1} (one GEMM)
+    t_mat = _rec_matrix(B, lam)
+    t_shift = np.zeros_like(t_mat)
+    t_shift[:, :-1] = t_mat[:, 1:]
+    local = g @ jnp.asarray((alpha * t_mat - beta * t_shift).T, dtype)
+    # --- per block: G at its last sample (block level, so G above has one consumer)
+    k_last = b0 + (B - 1)
+    later_l = k_last >= s_b
+    f_l = jnp.where(later_l[:, None], f_n, f_m)
+    th_l = f_l[:, 0] + f_l[:, 1] * (k_last - jnp.where(later_l, s_b, s_a)).astype(dtype)
+    if phys:
+        g_last = _gsum(th_l, f_l[:, 7:12], f_l[:, 12:17], f_l[:, 2:7])
+    else:
+        g_last = _gsum(th_l, t0, q0, a0) * f_l[:, 2]
+    at_first = (s_a == b0) & (jm > 0)
+    inside = s_b < b0 + B
+    l_imp = jnp.where(at_first, 0, jnp.where(inside, s_b - b0, B))
+    d_imp = jnp.where(at_first, jnp.take(imp, jm, mode="clip"),
+                      jnp.where(inside, jnp.take(imp, jn, mode="clip"), 0.0))
+    # a block may hold one beat start only: shorter beats -> NaN (divergence as data)
+    if nbt > 1:
+        ok = jnp.all(jnp.where(starts[:-1] < n_pad, nxt[:-1] - starts[:-1] >= B, True))
+    else:
+        ok = True
+    z0 = jnp.asarray(z_init, dtype)
+    head = jnp.concatenate([(z0 - alpha * g_start[0])[None], -beta * g_last[:-1]])
+    head = jnp.where(ok, head, jnp.nan)
+    lam_b1 = lam ** (B - 1)
+
+    def carry(y, x):  # y: z at the last sample of the previous block (less baseline)
+        loc_last, h, dd, li = x
+        c = h + lam * y
+        lif = li.astype(dtype)
+        y = loc_last + lam_b1 * c + dd * jnp.exp(-dt * ((B - 1) - lif))
+        return y, (c, dd * jnp.exp(dt * lif), lif + 0.0 * y)
+
+    _, (c_blk, e_blk, l_blk) = jax.lax.scan(
+        carry, jnp.zeros((), dtype), (local[:, B - 1], head, d_imp, l_imp), unroll=_UNROLL)
+    # --- baseline: response to r_{k-1} (no batch dimension: computed once)
     w, cs, cc = _resp_weights(dt, resp_frequency)
-    t_k = k[:-1] * dt
-    inc = (1.0 - 0.5 * dt) * g_end - lam * (1.0 + 0.5 * dt) * g_start[:-1]
-    inc = inc + resp_amplitude * (cs * jnp.sin(w * t_k) + cc * jnp.cos(w * t_k))
-    z = _linear_recurrence(inc, z_init, lam)
-    return jnp.concatenate([jnp.reshape(jnp.asarray(z_init, z.dtype), (1,)), z])
+    tp = (jnp.arange(n_pad, dtype=dtype) - 1.0) * dt
+    r = resp_amplitude * (cs * jnp.sin(w * tp) + cc * jnp.cos(w * tp))
+    z_resp = _linear_recurrence(jnp.where(jnp.arange(n_pad) == 0, 0.0, r).astype(dtype), lam)
+    lam_l = jnp.asarray(lam ** np.arange(B), dtype)
+    impulse = jnp.where(lane.astype(dtype)[None, :] >= l_blk[:, None], e_blk[:, None], 0.0)
+    z = local + lam_l * (c_blk[:, None] + impulse) + z_resp.reshape(nblk, B)
+    return z.reshape(-1)[:n_steps]
 
 
 def _minmax(z, valid=None):
@@ -593,6 +703,8 @@ def ecg_waveform(
     - `scale`: ``"none"`` (raw z, model units) or ``"ecgsyn"`` (min-max over the
       returned samples to [-0.4, 1.2] mV).
     - `oversample`: internal steps per output sample (ECGSYN's ``sfint / sfecg``).
+      Each RR must last at least ``_block_len(dt) + 1`` internal samples (about 66 ms:
+      HR below ~900 bpm): ``ValueError`` for concrete `rr`, NaN output when traced.
     - `z_init`, `phase0`: start state (ECGSYN: 0.04, phase 0 = the R-wave angle).
     - `resp_amplitude`, `resp_frequency`: baseline ``A sin(2 pi f t)``.
 
@@ -607,6 +719,13 @@ def ecg_waveform(
     if hr_scaling not in ("ecgsyn", "physiological"):
         raise ValueError(f"hr_scaling must be 'ecgsyn' or 'physiological'; got {hr_scaling!r}.")
     rr_beats = jnp.atleast_1d(jnp.asarray(rr, dtype=float))
+    dt_int = 1.0 / (float(sampling_rate) * int(oversample))
+    rr_lo = (_block_len(dt_int) + 1) * dt_int
+    if _is_concrete(rr_beats) and rr_beats.size and not float(jnp.min(rr_beats)) >= rr_lo:
+        raise ValueError(
+            f"rr must be >= {rr_lo:.4f} s (heart rate <= {60.0 / rr_lo:.0f} bpm) at this "
+            f"sampling rate; got min {float(jnp.min(rr_beats)):.4g} s."
+        )
     if mean_rr is None and rr_beats.shape[-1] == 1:
         mean_rr = rr_beats[0]
     f = lambda x: None if x is None else jnp.asarray(x, dtype=float)  # traced, not static
@@ -699,11 +818,36 @@ def _noise(key, z, sampling_rate, noise, n_valid):
         if m == 1:
             total = total + draws
             continue
-        pos = jnp.arange(n) * (m - 1) / max(n_valid - 1, 1)
-        lo = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, m - 2)
-        w = pos - lo
-        total = total + draws[..., lo] * (1 - w) + draws[..., lo + 1] * w
+        # linear interpolation as a banded matrix: chunks of the output times times the
+        # few draws each chunk reads (static windows; no per-sample gather)
+        win, wts = _interp_chunks(m, n, n_valid)
+        d_win = jnp.take(draws, jnp.asarray(win), axis=-1)  # (..., chunk, width)
+        part = jnp.einsum("...cw,cwt->...ct", d_win, jnp.asarray(wts, dtype=z.dtype))
+        total = total + part.reshape(z.shape[:-1] + (-1,))[..., :n]
     return z + noise * sd * total
+
+
+@functools.lru_cache(maxsize=64)
+def _interp_chunks(m: int, n: int, n_valid: int, chunk: int = 256):
+    """Linear interpolation of ``m`` points spread over ``n_valid`` samples, evaluated at
+    samples ``0..n-1``, as per-chunk windows ``(n_chunk, width)`` of point indices and
+    weights ``(n_chunk, width, chunk)`` (``pos = k (m-1)/(n_valid-1)``, ``lo = floor(pos)``
+    clipped to ``[0, m-2]``, ``value = d[lo] (1 - w) + d[lo + 1] w``)."""
+    n_chunk = -(-n // chunk)
+    k = np.arange(n_chunk * chunk)
+    pos = k * (m - 1) / max(n_valid - 1, 1)
+    lo = np.clip(np.floor(pos).astype(np.int64), 0, m - 2)
+    w = pos - lo
+    lo_c, hi_c = lo.reshape(n_chunk, chunk), (lo + 1).reshape(n_chunk, chunk)
+    start = lo_c.min(axis=1)
+    width = int((hi_c.max(axis=1) - start).max()) + 1
+    win = np.minimum(start[:, None] + np.arange(width)[None, :], m - 1)
+    wts = np.zeros((n_chunk, width, chunk))
+    rows = np.arange(n_chunk)[:, None]
+    cols = np.arange(chunk)[None, :]
+    np.add.at(wts, (rows, lo_c - start[:, None], cols), 1.0 - w.reshape(n_chunk, chunk))
+    np.add.at(wts, (rows, hi_c - start[:, None], cols), w.reshape(n_chunk, chunk))
+    return win.astype(np.int32), wts
 
 
 def _prepare(
@@ -888,10 +1032,10 @@ def simulate_ecg_batch(
         rr_int = _rr_series(k_rr[sel], jnp.asarray(hr[sel]), jnp.asarray(hrstd[sel]),
                             lfhfratio, ph, n_rr=int(n_rr), factor=factor)
         rr_min = float(jnp.min(rr_int))
-        if not rr_min > 0:
+        if not rr_min >= (_block_len(dt) + 1) * dt:
             raise ValueError(
                 "heart_rate_std is too large for heart_rate: the RR process reached "
-                f"{rr_min:.3f} s (must stay > 0)."
+                f"{rr_min:.3f} s (must stay >= {(_block_len(dt) + 1) * dt:.3f} s)."
             )
         max_beats = int(np.ceil(rr_int.shape[-1] * dt / rr_min)) + 2
         b, nt = _ecgsyn_beats(rr_int, dt=dt, max_beats=max_beats)
@@ -904,8 +1048,8 @@ def simulate_ecg_batch(
     rr_pad = np.stack([np.pad(x, (0, n_beats - len(x)), mode="edge") for x in beats_list])
     mean_rr = 60.0 / hr
     n_out = max(-(-nt // q) for nt in nts)
-    # pad to a multiple of 2048 output samples so that nearby rates share one compile
-    n_out = -(-max(n_out, length) // 2048) * 2048
+    # pad to a multiple of 512 output samples so that nearby rates share one compile
+    n_out = -(-max(n_out, length) // 512) * 512
     n_steps = (n_out - 1) * q + 1
     z = _batch_kernel(
         jnp.deg2rad(jnp.asarray(tib)), jnp.asarray(aib), jnp.asarray(bib), jnp.asarray(g),

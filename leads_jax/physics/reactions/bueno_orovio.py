@@ -146,7 +146,7 @@ class BuenoOrovio(AbstractReactionModel):
     # measured (RK4; usable limits per scheme): python -m leads_jax.physics.reactions._stability
     stable_dt: ClassVar[float] = 0.2
     stable_dt_limits: ClassVar[dict[str, float]] = {
-        "euler": 0.434, "rk4": 1.36, "rush-larsen": 0.41
+        "euler": 0.434, "rk4": 1.33, "rush-larsen": 0.41
     }
     switch_steepness: ClassVar[float] = 2000.0
     v_rest: ClassVar[float] = -84.0
