@@ -29,6 +29,9 @@ test-all: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -n 2 --dist loadfile -m ""
 
 bench: $(VENV)/.installed-dev
+	# CPU build of torch first, so that the bench extra does not pull CUDA wheels.
+	$(PY) -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
+		|| $(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/run_all.py
 

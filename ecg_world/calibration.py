@@ -180,7 +180,11 @@ def fit_diurnal(targets: xr.Dataset, sens: dict | None = None) -> Diurnal:
             d_hr = targets.pl_mean.sel(endpoint="HR").values[keep]
             key = {"QTc": "QTcF", "PR": "PR", "QRS": "QRS"}[name]
             gain = {"QTc": sens["gain_qt"], "PR": sens["gain_pr"], "QRS": sens["gain_qrs"]}[name]
-            y = (y - sens[f"d{key}_dHR"] * d_hr) / gain
+            y = y - sens[f"d{key}_dHR"] * d_hr
+            if name == "PR":  # the kernel's QT -> PR cross-coupling (T/P overlap)
+                d_qt = targets.pl_mean.sel(endpoint="QTcF").values[keep] / base["QTcF"]
+                y = y - sens["dPR_dqt"] * np.nan_to_num(d_qt)
+            y = y / gain
         y = y * scale[name]
         ok = np.isfinite(y)
         # small ridge keeps the 4 harmonics tame with 15 time points
@@ -220,7 +224,7 @@ def _cohort_effects(table, emap, drug_ids, dose_mg, times, eta_pk, eta_pd):
 
 #: kernel response used when none is given: exact proportional realisation, no rate coupling
 NEUTRAL_SENSITIVITY = {"gain_qt": 1.0, "gain_pr": 1.0, "gain_qrs": 1.0, "dQTcF_dHR": 0.0,
-                       "dPR_dHR": 0.0, "dQRS_dHR": 0.0}
+                       "dPR_dHR": 0.0, "dQRS_dHR": 0.0, "dPR_dqt": 0.0}
 
 
 def kernel_sensitivity(bdist: dict, *, dhr: float = 10.0, dfrac: float = 0.1) -> dict:
@@ -229,8 +233,10 @@ def kernel_sensitivity(bdist: dict, *, dhr: float = 10.0, dfrac: float = 0.1) ->
     ``gain_*``: reference-interval change per intended change (``scale_waves`` by ``dfrac``);
     ``d*_dHR``: change of QTcF, PR, QRS (ms) per bpm when only the heart rate rises by ``dhr``
     (with ``hr_scaling="physiological"`` PR shortens as the rate rises, about -0.8 ms/bpm,
-    close to the placebo arm's PR-HR relation). The effect-space calibration uses these so
-    that its predictions are the kernel's, to first order."""
+    close to the placebo arm's PR-HR relation); ``dPR_dqt``: change of the reference PR (ms)
+    per unit fractional QT change (the stretched T wave's tail reaches the next beat's P wave,
+    so the kernel lengthens PR by ~0.4 ms at +15% QT). The effect-space calibration uses these
+    so that its predictions are the kernel's, to first order."""
     from .pharmacology import scale_waves
     from .twin import kernel_intervals, twin_from_intervals
 
@@ -256,6 +262,7 @@ def kernel_sensitivity(bdist: dict, *, dhr: float = 10.0, dfrac: float = 0.1) ->
             "dQTcF_dHR": float((qtcf(h) - qtcf(b)) / dhr),
             "dPR_dHR": float((h[1] - b[1]) / dhr),
             "dQRS_dHR": float((h[2] - b[2]) / dhr),
+            "dPR_dqt": float((gq[1] - b[1]) / dfrac),
             "at": {"RR": rr, "PR": float(mean[1]), "QRS": float(mean[2]), "QT": qt}}
 
 
@@ -266,7 +273,8 @@ def effects_to_ms(frac, base: pd.Series, sens: dict | None = None):
     hr = frac[..., 3]
     return jnp.stack([
         frac[..., 0] * base["QTcF"] * s["gain_qt"] + s["dQTcF_dHR"] * hr,
-        frac[..., 1] * base["PR"] * s["gain_pr"] + s["dPR_dHR"] * hr,
+        frac[..., 1] * base["PR"] * s["gain_pr"] + s["dPR_dHR"] * hr
+        + s["dPR_dqt"] * frac[..., 0],
         frac[..., 2] * base["QRS"] * s["gain_qrs"] + s["dQRS_dHR"] * hr,
         hr,
     ], axis=-1)

@@ -584,15 +584,18 @@ def replace_parameters(model: HybridModel, **values) -> HybridModel:
 # ---------------------------------------------------------------------------------------
 # batching: bucket sizes, padding, stacking
 # ---------------------------------------------------------------------------------------
-def bucket_size(n: int, *, minimum: int = 1) -> int:
+def bucket_size(n: int, *, minimum: int = 1, multiple_of: int = 1) -> int:
     """The padded batch size for `n` candidates: the next power of two (>= `minimum`),
-    so batches of 5..8 share one compilation, 9..16 another, and so on."""
+    so batches of 5..8 share one compilation, 9..16 another, and so on; rounded up to a
+    multiple of `multiple_of` (the device count, when the batch is sharded)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if multiple_of < 1:
+        raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
     size = max(int(minimum), 1)
     while size < n:
         size *= 2
-    return size
+    return -(-size // multiple_of) * multiple_of
 
 
 def stack_models(models: Sequence[Any], size: int | None = None):

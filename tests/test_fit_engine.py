@@ -157,9 +157,11 @@ def test_bucket_sizes():
     assert [bucket_size(n) for n in (1, 2, 3, 5, 8, 9, 100)] == [1, 2, 4, 8, 8, 16, 128]
     assert bucket_size(3, multiple_of=4) == 4
     assert bucket_size(5, multiple_of=3) == 9
-    assert bucket_size(1, min_bucket=8) == 8
-    with pytest.raises(ValueError):
-        bucket_size(0)
+    assert bucket_size(1, minimum=8) == 8
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        bucket_size(-1)
+    with pytest.raises(ValueError, match="multiple_of"):
+        bucket_size(3, multiple_of=0)
 
 
 def test_stack_pad_unstack():

@@ -14,8 +14,8 @@ lower-level engine (:func:`train_members`, :class:`SplitData`, :class:`Rollout`)
 works on any stacked Equinox model with a rollout function.
 """
 
+from ..compile import bucket_size as bucket_size
 from ._audit import audit_members as audit_members
-from ._batching import bucket_size as bucket_size
 from ._batching import candidate_mesh as candidate_mesh
 from ._batching import pad_members as pad_members
 from ._batching import shard_members as shard_members

@@ -31,18 +31,6 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 MEMBER_AXIS = "cand"
 
 
-def bucket_size(n: int, *, multiple_of: int = 1, min_bucket: int = 1) -> int:
-    """Smallest power of two >= max(n, min_bucket), rounded up to `multiple_of`."""
-    if n < 1:
-        raise ValueError(f"bucket_size needs n >= 1, got {n}")
-    b = 1
-    while b < max(n, min_bucket):
-        b *= 2
-    if b % multiple_of:
-        b = (b // multiple_of + 1) * multiple_of
-    return b
-
-
 def stack_members(models):
     """Stack a list of pytrees with identical structure on a new leading axis.
 

@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from ..compile import bucket_size
 from ._audit import audit_members
-from ._batching import bucket_size, candidate_mesh, pad_members, stack_members, unstack_member
+from ._batching import candidate_mesh, pad_members, stack_members, unstack_member
 from ._config import FitConfig
 from ._engine import REASONS, Rollout, SplitData, evaluate_members, train_members
 from ._io import save_candidate
@@ -328,7 +329,7 @@ def fit(candidates, dataset, config: FitConfig | dict | None = None, *, key, geo
                     members.append(m)
                     owner.append(c)
             n = len(members)
-            size = bucket_size(n, multiple_of=n_dev, min_bucket=config.min_bucket)
+            size = bucket_size(n, multiple_of=n_dev, minimum=config.min_bucket)
             stacked = pad_members(stack_members(members), n, size)
             spec = members[0].trainable_filter()
             params, rest = eqx.partition(stacked, spec)
@@ -491,7 +492,7 @@ def stability_audit(models, dataset, config: FitConfig | None = None, *, geometr
     test_rmse = np.full(len(models), np.nan)
     for idx in groups.values():
         members = [models[i] for i in idx]
-        size = bucket_size(len(members), multiple_of=n_dev, min_bucket=config.min_bucket)
+        size = bucket_size(len(members), multiple_of=n_dev, minimum=config.min_bucket)
         stacked = pad_members(stack_members(members), len(members), size)
         params, rest = eqx.partition(stacked, members[0].trainable_filter())
         dt = float(config.dt if config.dt is not None else ds.attrs.get("dt", 0.0) or 0.0)

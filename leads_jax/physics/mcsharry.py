@@ -798,6 +798,20 @@ def _nt_constant(rr: float, n_int: int, dt: float) -> int:
     return i
 
 
+def _nt_constant_batch(rr: np.ndarray, n_int: np.ndarray, dt: float) -> np.ndarray:
+    """:func:`_nt_constant` for arrays of RRs and lengths (the same float operations)."""
+    rr = np.asarray(rr, dtype=float)
+    n_int = np.broadcast_to(np.asarray(n_int), rr.shape)
+    tecg = np.zeros(rr.shape)
+    i = np.zeros(rr.shape, dtype=np.int64)
+    active = i < n_int
+    while np.any(active):
+        tecg = np.where(active, tecg + rr, tecg)
+        i = np.where(active, np.round(tecg / dt).astype(np.int64), i)
+        active = i < n_int
+    return i
+
+
 def _noise(key, z, sampling_rate, noise, n_valid):
     """neurokit2's ``signal_distort`` default: Laplace noise at 5, 10 and 100 Hz.
 
@@ -1013,9 +1027,9 @@ def simulate_ecg_batch(
         raise ValueError(
             f"sampling_rate * oversample must be an integer number of Hz; got {sfint}."
         )
-    beats_list: list[np.ndarray] = [np.array([60.0 / h]) for h in hr]
-    nts = np.array([_nt_constant(60.0 / h, int(n * factor), dt) for h, n in zip(hr, n_rr_each,
-                                                                               strict=True)])
+    const_rr = 60.0 / hr
+    nts = _nt_constant_batch(const_rr, n_rr_each.astype(np.int64) * factor, dt)
+    groups = []  # (members, per-beat RRs, number of beats ECGSYN integrates)
     for n_rr in np.unique(n_rr_each[hrstd > 0]):
         sel = np.nonzero((n_rr_each == n_rr) & (hrstd > 0))[0]
         if rr_phases is None:
@@ -1040,12 +1054,16 @@ def simulate_ecg_batch(
         max_beats = int(np.ceil(rr_int.shape[-1] * dt / rr_min)) + 2
         b, nt = _ecgsyn_beats(rr_int, dt=dt, max_beats=max_beats)
         b, nt = np.asarray(b), np.asarray(nt)
-        for j, i in enumerate(sel):
-            nb_i = int(np.searchsorted(np.round(np.cumsum(b[j]) / dt), nt[j])) + 1
-            beats_list[i] = b[j, :nb_i]
-            nts[i] = nt[j]
-    n_beats = max(len(x) for x in beats_list)
-    rr_pad = np.stack([np.pad(x, (0, n_beats - len(x)), mode="edge") for x in beats_list])
+        # beats up to the first that ends at or after Nt (vectorised searchsorted)
+        nb_sel = np.minimum((np.round(np.cumsum(b, axis=1) / dt) < nt[:, None]).sum(axis=1) + 1,
+                            b.shape[1])
+        nts[sel] = nt
+        groups.append((sel, b, nb_sel))
+    n_beats = max([1] + [int(g[2].max()) for g in groups])
+    rr_pad = np.repeat(const_rr[:, None], n_beats, axis=1)  # last RR held (edge padding)
+    for sel, b, nb_sel in groups:
+        idx = np.minimum(np.arange(n_beats)[None, :], nb_sel[:, None] - 1)
+        rr_pad[sel] = np.take_along_axis(b, idx, axis=1)
     mean_rr = 60.0 / hr
     n_out = max(-(-nt // q) for nt in nts)
     # pad to a multiple of 512 output samples so that nearby rates share one compile

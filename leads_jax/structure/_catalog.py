@@ -120,29 +120,7 @@ class Catalog:
 
     def metadata(self) -> dict:
         """JSON-able description of every term (rendered into the agent's prompt)."""
-        reactions = {}
-        for r in self.reactions:
-            cls = reaction_class(r)
-            if hasattr(cls, "metadata"):  # the catalog's own, richer description
-                reactions[r] = cls.metadata()
-                continue
-            reactions[r] = {
-                "states": list(cls.state_names),
-                "gate_states": list(cls.gate_states),
-                "citation": cls.citation,
-                "parameters": [
-                    {
-                        "name": s.name,
-                        "default": s.default,
-                        "lower": s.lower,
-                        "upper": s.upper,
-                        "units": s.units,
-                        "role": s.role,
-                        "source": s.source,
-                    }
-                    for s in cls.param_specs
-                ],
-            }
+        reactions = {r: reaction_class(r).metadata() for r in self.reactions}
         diff = diffusion_metadata()
         clo = closure_metadata()
         return {
