@@ -122,7 +122,7 @@ def main(argv=None):
     samples = {(c[0], c[2]): ([], []) for c in configs}
     for r in range(rounds):
         for i in range(args.nk_per_round):
-            w, c = _timed(lambda i=i: _nk_call(1 + r * args.nk_per_round + i))
+            w, c = _timed(lambda s=1 + r * args.nk_per_round + i: _nk_call(s))
             nk_w.append(w)
             nk_c.append(c)
         for label, _, b, run in configs:

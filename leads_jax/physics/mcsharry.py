@@ -507,7 +507,8 @@ def _gsum(theta, t, q, amp):
 
 def _wave_table(model: McSharryECG, rr, hr_scaling: str, mean_rr):
     """Per-beat ``(t_i, q_i, A_i)``, each ``rr.shape + (5,)``: angle, ``-1/(2 b_i^2)`` and
-    ``A_i = a_i b_i^2 / omega`` (``omega = 2 pi / rr``), so that ``G = sum_i A_i exp(q_i d_i^2)``."""
+    ``A_i = a_i b_i^2 / omega`` (``omega = 2 pi / rr``), so that
+    ``G = sum_i A_i exp(q_i d_i^2)``."""
     ts, qs, amps = [], [], []
     for i in range(5):
         t, a, b = _wave(model, i, rr, hr_scaling, mean_rr)
