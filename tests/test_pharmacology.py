@@ -150,6 +150,8 @@ def test_one_shared_map_no_per_drug_knobs():
     assert more_kr.qt_frac > e1.qt_frac > more_nal.qt_frac
     # ICaL block lengthens PR
     assert effects_from_block(emap, blk.at[2].set(0.3), blk).pr_frac > e1.pr_frac
+    # IKr block alone does not touch PR (no mechanism): PR responds to ICaL and INa only
+    assert float(more_kr.pr_frac) == float(e1.pr_frac)
 
 
 def test_placebo_has_no_drug_effect_and_diurnal_is_zero_at_baseline():
