@@ -34,6 +34,7 @@ import numpy as np
 
 from ._custom_types import Array, Bool, Float, Int
 from .compile import AbstractCompiledModel, BoundHybridModel
+from .physics.rush_larsen import GatedODETerm, RushLarsen
 
 REASONS = {0: "ok", 1: "non-finite state", 2: "state out of bounds", 3: "max_steps reached"}
 
@@ -60,32 +61,6 @@ class RK4(diffrax.AbstractERK):
     def order(self, terms):
         del terms
         return 4
-
-
-class _GatedRushLarsen(diffrax.AbstractSolver):
-    """Rush-Larsen steps (:func:`leads_jax.physics.rush_larsen.rush_larsen_step`) on an
-    ordinary ``ODETerm``; the gate split comes with the solver. Fixed steps, first order."""
-
-    gates: Any
-    gate_index: tuple[int, ...] = eqx.field(static=True)
-    term_structure = diffrax.AbstractTerm
-    interpolation_cls = diffrax.LocalLinearInterpolation
-
-    def order(self, terms):
-        return 1
-
-    def init(self, terms, t0, t1, y0, args):
-        return None
-
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        from .physics.rush_larsen import rush_larsen_step
-
-        del solver_state, made_jump
-        y1 = rush_larsen_step(terms.vf, self.gates, self.gate_index, t0, y0, t1 - t0, args)
-        return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
-
-    def func(self, terms, t0, y0, args):
-        return terms.vf(t0, y0, args)
 
 
 _FIXED = {"euler": diffrax.Euler, "rk4": RK4, "heun": diffrax.Heun}
@@ -252,7 +227,8 @@ def simulate(
         if not isinstance(bound, BoundHybridModel):
             raise ValueError("solver='rush-larsen' needs a compiled structure (HybridModel)")
         gate_index = tuple(model.state_names.index(g) for g in bound.reaction.gate_states)
-        solver_obj = _GatedRushLarsen(field.gates, gate_index)
+        term = GatedODETerm(field, field.gates, gate_index)
+        solver_obj = RushLarsen()
     else:
         solver_obj = (_ADAPTIVE if adaptive else {**_ADAPTIVE, **_FIXED})[solver]()
 
