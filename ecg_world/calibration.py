@@ -17,6 +17,16 @@ Three stages, all driven by targets computed from whatever table is given
    fitted: there is no per-drug ECG parameter. The PD variability (``omega_pd``) is set so that
    the simulated between-subject SD of ddQTcF at the peak matches the observed one.
 
+**Simulating this study** means simulating its subjects as they were measured: every change is
+taken from one pre-dose time point per period, and a period whose baseline happened to be high
+(dofetilide's PR: +2.2 ms over placebo's) shows a negative change all day. The expected ddX of
+the study's subjects is the drug's effect plus ``dd_rtm = -lambda * mean(B_drug - B_placebo)``,
+with ``lambda`` estimated from the table by an analysis of covariance independent of any drug
+(:func:`ecg_world.ecgrdvq.baseline_regression`). Fits and coverage tables compare the
+observations with ``simulated + dd_rtm`` (``sim_mean``; the placebo course likewise with
+``pl_rtm``); the population expectation without it is reported next to it
+(``sim_mean_population``). The term is data, not a parameter: nothing per drug is fitted.
+
 The fit works in *effect space*: fractional interval changes times the cohort's baseline
 intervals (ms). :mod:`ecg_world.pharmacology` realises fractional changes on the McSharry
 kernel so that its reference intervals change by the same fractions (checked by the
@@ -163,8 +173,9 @@ def fit_pk(df: pd.DataFrame, library: DrugLibrary | None = None, *, drugs=None) 
 def fit_diurnal(targets: xr.Dataset, sens: dict | None = None) -> Diurnal:
     """Linear least-squares fit of the harmonic placebo course to placebo's mean change.
 
-    The part of placebo's QTcF, PR and QRS change that the kernel already produces through
-    the heart-rate change (``sens``, :func:`kernel_sensitivity`) is removed first."""
+    Placebo's regression-to-the-mean term (``targets.pl_rtm``) is removed first, then the part
+    of its QTcF, PR and QRS change that the kernel already produces through the heart-rate
+    change (``sens``, :func:`kernel_sensitivity`)."""
     sens = {**NEUTRAL_SENSITIVITY, **(sens or {})}
     t = targets.time.values
     keep = t > BASELINE_TPT
@@ -174,15 +185,16 @@ def fit_diurnal(targets: xr.Dataset, sens: dict | None = None) -> Diurnal:
     scale = {"HR": 1.0, "QTc": 1.0 / base["QTcF"], "PR": 1.0 / base["PR"],
              "QRS": 1.0 / base["QRS"]}
     src = {"HR": "HR", "QTc": "QTcF", "PR": "PR", "QRS": "QRS"}
+    pl = targets.pl_mean - _rtm_term(targets, "pl_rtm")
     for k, name in enumerate(("HR", "QTc", "PR", "QRS")):
-        y = targets.pl_mean.sel(endpoint=src[name]).values[keep]
+        y = pl.sel(endpoint=src[name]).values[keep]
         if name != "HR":
-            d_hr = targets.pl_mean.sel(endpoint="HR").values[keep]
+            d_hr = pl.sel(endpoint="HR").values[keep]
             key = {"QTc": "QTcF", "PR": "PR", "QRS": "QRS"}[name]
             gain = {"QTc": sens["gain_qt"], "PR": sens["gain_pr"], "QRS": sens["gain_qrs"]}[name]
             y = y - sens[f"d{key}_dHR"] * d_hr
             if name == "PR":  # the kernel's QT -> PR cross-coupling (T/P overlap)
-                d_qt = targets.pl_mean.sel(endpoint="QTcF").values[keep] / base["QTcF"]
+                d_qt = pl.sel(endpoint="QTcF").values[keep] / base["QTcF"]
                 y = y - sens["dPR_dqt"] * np.nan_to_num(d_qt)
             y = y / gain
         y = y * scale[name]
@@ -194,6 +206,18 @@ def fit_diurnal(targets: xr.Dataset, sens: dict | None = None) -> Diurnal:
 
 
 # ---------------------------------------------------------- stage 3: the shared effect map
+
+
+def _rtm_term(targets: xr.Dataset, name: str = "dd_rtm") -> xr.DataArray:
+    """The study's regression-to-the-mean term on the targets' time grid (0 before the dose;
+    0 where the targets carry none)."""
+    post = xr.DataArray(targets.time.values > BASELINE_TPT, coords={"time": targets.time})
+    if name not in targets:
+        shape = targets.dd_mean if name == "dd_rtm" else targets.pl_mean
+        return xr.zeros_like(shape)
+    return (targets[name].fillna(0.0) * post).transpose(
+        *(("drug",) if name == "dd_rtm" else ()), "time", "endpoint")
+
 
 
 def _map_from_vector(p) -> EffectMap:
@@ -324,7 +348,10 @@ _cohort_effects_jit = jax.jit(_cohort_effects)
 
 
 def _target_arrays(targets, drugs, se_floor=(2.0, 2.0, 1.0, 1.0)):
-    obs = targets.dd_mean.sel(drug=drugs, endpoint=list(ENDPOINTS)).values
+    """Observed means less the study's regression-to-the-mean term (the simulation is then
+    compared on the drug effect alone) and weights 1/SE."""
+    obs = (targets.dd_mean - _rtm_term(targets)).sel(drug=drugs,
+                                                     endpoint=list(ENDPOINTS)).values
     sd = targets.dd_sd.sel(drug=drugs, endpoint=list(ENDPOINTS)).values
     n = targets.dd_n.sel(drug=drugs, endpoint=list(ENDPOINTS)).values
     se = np.maximum(sd / np.sqrt(np.maximum(n, 1)), np.asarray(se_floor))
@@ -597,16 +624,24 @@ def calibrate(
 
 def predicted_time_courses(cal: Calibration, targets: xr.Dataset, *, drugs=None,
                            n_virtual: int = 512, seed: int = 1) -> xr.Dataset:
-    """Effect-space simulated mean and 90% band (5th-95th percentile of the subject means
-    over resampled cohorts of the study size) of ddQTcF, ddPR, ddQRS, ddHR per drug/time."""
+    """Effect-space simulated ddQTcF, ddPR, ddQRS, ddHR per drug and time.
+
+    **Returns:** ``sim_mean`` (the study's subjects: population mean plus the table's
+    regression-to-the-mean term ``dd_rtm``, what the observed means estimate),
+    ``sim_mean_population`` (the drug effect alone) and ``sim_sd`` (between-subject SD from the
+    PK/PD variability)."""
     drugs = list(drugs or targets.drug.values)
     design = CohortDesign(targets, cal.library, cal.variability, n_virtual, seed, drugs)
     sim = simulate_effects(design, cal.library.table(), cal.emap, cal.variability,
                            targets.base_mean.to_series(), cal.sensitivity)
+    dims = ("drug", "time", "endpoint")
+    pop = xr.DataArray(sim.mean(axis=2), dims=dims,
+                       coords={"drug": drugs, "time": targets.time.values,
+                               "endpoint": list(ENDPOINTS)})
     return xr.Dataset(
-        {"sim_mean": (("drug", "time", "endpoint"), sim.mean(axis=2)),
-         "sim_sd": (("drug", "time", "endpoint"), sim.std(axis=2))},
-        coords={"drug": drugs, "time": targets.time.values, "endpoint": list(ENDPOINTS)})
+        {"sim_mean": pop + _rtm_term(targets).sel(drug=drugs, endpoint=list(ENDPOINTS)),
+         "sim_mean_population": pop,
+         "sim_sd": (dims, sim.std(axis=2))})
 
 
 def coverage_table(sim_mean: xr.DataArray, targets: xr.Dataset) -> pd.DataFrame:
@@ -664,8 +699,9 @@ def simulate_study_kernel(cal: Calibration, table, *, n_rep: int = 8, seed: int 
     each, every drug of the table at every time point; intervals from the kernel's reference
     fiducials; placebo-corrected changes computed exactly as for the observed data.
 
-    **Returns:** Dataset with ``sim_mean``, ``sim_sd`` (drug, time, endpoint) and the raw
-    ``dd`` (drug, time, virtual, endpoint)."""
+    **Returns:** Dataset with ``sim_mean`` (including the table's regression-to-the-mean
+    term, as :func:`predicted_time_courses`), ``sim_mean_population``, ``sim_sd`` (drug, time,
+    endpoint) and the raw ``dd`` (drug, time, virtual, endpoint; the drug effect alone)."""
     from .pharmacology import Pharmacology, apply_action
     from .twin import kernel_intervals, twins_from_table
 
@@ -709,13 +745,15 @@ def simulate_study_kernel(cal: Calibration, table, *, n_rep: int = 8, seed: int 
     dd = change[:, 1:] - change[:, :1]  # minus placebo, same virtual subject and time
     dd = np.moveaxis(dd, 0, 2)  # (drug, time, virtual, endpoint)
     pl = change[:, 0]  # (virtual, time, endpoint)
+    coords = {"drug": drugs[1:], "time": times, "endpoint": list(ENDPOINTS)}
+    pop = xr.DataArray(dd.mean(axis=2), dims=("drug", "time", "endpoint"), coords=coords)
     return xr.Dataset(
-        {"sim_mean": (("drug", "time", "endpoint"), dd.mean(axis=2)),
+        {"sim_mean": pop + _rtm_term(targets).sel(drug=drugs[1:], endpoint=list(ENDPOINTS)),
+         "sim_mean_population": pop,
          "sim_sd": (("drug", "time", "endpoint"), dd.std(axis=2)),
          "dd": (("drug", "time", "virtual", "endpoint"), dd),
          "pl_sim_mean": (("time", "endpoint"), pl.mean(axis=0))},
-        coords={"drug": drugs[1:], "time": times, "endpoint": list(ENDPOINTS)},
-        attrs={"n_subjects": n_sub, "n_rep": n_rep})
+        coords=coords, attrs={"n_subjects": n_sub, "n_rep": n_rep})
 
 
 # ------------------------------------------------------------------------------ the report
@@ -748,7 +786,10 @@ def plot_time_courses(targets: xr.Dataset, sim: xr.Dataset, path, *, title: str 
             half = 1.645 * sim.sim_sd.sel(drug=d, endpoint=e).values / np.sqrt(n)
             ax.fill_between(t, m - half, m + half, color="C3", alpha=0.2,
                             label="simulated 90% band (n=study)")
-            ax.plot(t, m, "-", color="C3", lw=1.5, label="simulated mean")
+            ax.plot(t, m, "-", color="C3", lw=1.5, label="simulated mean (study's subjects)")
+            if "sim_mean_population" in sim:
+                ax.plot(t, sim.sim_mean_population.sel(drug=d, endpoint=e).values, "--",
+                        color="C3", lw=0.8, label="simulated mean (population)")
             ax.axhline(0, color="k", lw=0.5)
             if i == 0:
                 ax.set_title(f"dd{e} ({units.get(e, '')})")
@@ -762,6 +803,27 @@ def plot_time_courses(targets: xr.Dataset, sim: xr.Dataset, path, *, title: str 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _rtm_table(targets: xr.Dataset) -> pd.DataFrame:
+    rows = []
+    for e in targets.endpoint.values:
+        lam = float(targets.rtm_slope.sel(endpoint=e))
+        row = {"endpoint": str(e), "lambda": lam,
+               "lambda_se": float(targets.rtm_slope_se.sel(endpoint=e))}
+        for d in targets.drug.values:
+            row[f"dB {d}"] = -float(targets.dd_rtm.sel(drug=d, endpoint=e)) / lam
+            row[f"dd_rtm {d}"] = float(targets.dd_rtm.sel(drug=d, endpoint=e))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _with_population(cov: pd.DataFrame, pop: pd.DataFrame) -> pd.DataFrame:
+    out = cov.copy()
+    out["inside_band_population"] = pop["inside_band"].to_numpy()
+    out["rmse_population"] = pop["rmse"].to_numpy()
+    return out[["drug", "endpoint", "inside_band", "rmse", "inside_band_population",
+                "rmse_population", "n_times"]]
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -785,13 +847,28 @@ def write_report(cal: Calibration, targets: xr.Dataset, out_dir, *, table=None,
                      "variability": cal.variability.to_dict()}
     eff = predicted_time_courses(cal, targets)
     cov_eff = coverage_table(eff.sim_mean, targets)
+    cov_pop = coverage_table(eff.sim_mean_population, targets)
     summary["effect_space"] = cov_eff.to_dict(orient="records")
+    summary["effect_space_population"] = cov_pop.to_dict(orient="records")
+    rtm = _rtm_table(targets)
+    summary["regression_to_the_mean"] = rtm.to_dict(orient="records")
     md = ["# Calibration of the ECG world model's pharmacology against SCR-002 (ECGRDVQ)", "",
           f"Subjects read from the table: {targets.attrs['subjects']}", "",
           "Targets: placebo-corrected change from baseline (ddX), mean and t-based "
           f"{int(targets.level * 100)}% confidence band over subjects; simulated means from "
           "the calibrated shared map (no per-drug ECG parameter).", "",
-          "## Effect space (fractional changes x cohort baseline)", "", _md_table(cov_eff), ""]
+          "## Regression to the mean of the period baselines", "",
+          "Every change is taken from one pre-dose time point per period, so a period whose "
+          "baseline happened to be high shows a negative change all day. `lambda` is the slope "
+          "of the change on the period baseline's deviation from the subject's mean over "
+          "periods (analysis of covariance with drug x time fixed effects, SE clustered by "
+          "subject; `ecg_world.ecgrdvq.baseline_regression`). `dB` is the mean over subjects of "
+          "the drug period's baseline minus the placebo period's; the expected ddX of these "
+          "subjects carries `-lambda * dB` (`dd_rtm`). `inside_band` below compares the "
+          "observed bands with the simulated drug effect plus `dd_rtm` (these subjects); the "
+          "population column is the drug effect alone.", "", _md_table(rtm), "",
+          "## Effect space (fractional changes x cohort baseline)", "",
+          _md_table(_with_population(cov_eff, cov_pop)), ""]
     sim_for_fig = eff
     if kernel and table is not None:
         try:
@@ -800,17 +877,22 @@ def write_report(cal: Calibration, targets: xr.Dataset, out_dir, *, table=None,
             md += [f"Kernel re-measurement skipped: {err}", ""]
         else:
             cov_k = coverage_table(ker.sim_mean, targets)
+            cov_kp = coverage_table(ker.sim_mean_population, targets)
             summary["kernel"] = cov_k.to_dict(orient="records")
+            summary["kernel_population"] = cov_kp.to_dict(orient="records")
             md += ["## McSharry kernel (twins of the table's subjects, reference fiducials)", "",
                    f"{ker.attrs['n_subjects']} twins x {ker.attrs['n_rep']} random-effect "
-                   "draws; intervals re-measured on the kernel.", "", _md_table(cov_k), ""]
+                   "draws; intervals re-measured on the kernel.", "",
+                   _md_table(_with_population(cov_k, cov_kp)), ""]
             sim_for_fig = ker
     plot_time_courses(targets, sim_for_fig, out_dir / "calibration_time_courses.png",
                       title="SCR-002: observed vs simulated placebo-corrected changes")
     nc = xr.Dataset(
         {"obs_mean": targets.dd_mean, "obs_lo": targets.dd_lo, "obs_hi": targets.dd_hi,
          "obs_n": targets.dd_n, "sim_mean": sim_for_fig.sim_mean,
-         "sim_sd": sim_for_fig.sim_sd, "effect_space_mean": eff.sim_mean},
+         "sim_mean_population": sim_for_fig.sim_mean_population,
+         "sim_sd": sim_for_fig.sim_sd, "effect_space_mean": eff.sim_mean,
+         "dd_rtm": targets.dd_rtm, "rtm_slope": targets.rtm_slope},
         attrs={"title": "SCR-002 placebo-corrected changes: observed vs simulated",
                "units": "ms (QTcF, PR, QRS), bpm (HR); time in h after dose",
                "confidence_level": float(targets.level),

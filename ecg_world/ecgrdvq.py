@@ -25,6 +25,20 @@ t-based 90% confidence band of the placebo-corrected change from baseline (ddX: 
 same period's pre-dose mean minus placebo's change at the same time, per subject), for QTcF
 (Fridericia, QT/RR^(1/3) with RR in s), PR, QRS and heart rate; placebo's own change from
 baseline; baseline distributions.
+
+**Regression to the mean of the period baselines** (:func:`baseline_regression`). Each
+period's change is taken from a single pre-dose time point, so that time point's noise enters
+every change of the period with the opposite sign: a period whose baseline happened to be high
+shows a negative change all day, drug or not. In this table the dofetilide period's baseline
+PR is 2.2 ms above the placebo period's (and ranolazine's 3.3 ms below), which makes up most of
+the observed ddPR of these two drugs. The slope ``lambda`` of the change on the period
+baseline's deviation from the subject's mean over periods is estimated by an analysis of
+covariance with drug x time fixed effects (the baseline-covariate term of the
+concentration-QTc white paper: Garnett C et al., J Pharmacokinet Pharmacodyn 2018;45:383-397),
+and the expected ddX of *these* subjects is the drug's effect plus
+``-lambda * mean(B_drug - B_placebo)``. The targets carry that term (``dd_rtm``, ``pl_rtm``)
+so that a simulation can be compared either conditionally on the study's baselines or as a
+population expectation; the observed means and bands are never altered.
 """
 
 from __future__ import annotations
@@ -157,6 +171,77 @@ def placebo_corrected(changes: pd.DataFrame, endpoints=ENDPOINTS,
     return out
 
 
+def baseline_regression(
+    means: pd.DataFrame, endpoints=ENDPOINTS, placebo: str = "placebo"
+) -> xr.Dataset:
+    """Regression to the mean of the period baselines (see the module docstring).
+
+    ``means``: triplicate means (:func:`triplicate_means`). Per endpoint, with ``B[s, p]`` the
+    pre-dose mean of subject ``s`` in period (arm) ``p`` and ``dev = B - mean_p B[s, :]``, the
+    change ``X[s, p, t] - B[s, p]`` is regressed on ``dev`` after removing the mean of every
+    arm x time cell (analysis of covariance with drug x time fixed effects; the drug effects
+    drop out, so the slope is a property of the measurements, not of any drug).
+
+    **Returns:** Dataset with
+
+    - ``rtm_slope`` (endpoint): ``lambda``, the expected change of the change from baseline per
+      unit of baseline deviation is ``-lambda`` (0: baselines are exact; 1: all baseline
+      deviation is noise); ``rtm_slope_se``: its standard error, clustered by subject;
+    - ``base_dev`` (arm, endpoint): mean over subjects of ``dev`` per arm (placebo included);
+    - ``dd_rtm`` (drug, endpoint): ``-lambda * mean_s(B[s, drug] - B[s, placebo])`` over the
+      subjects with both baselines, the term a ddX of these subjects carries;
+    - ``pl_rtm`` (endpoint): ``-lambda * mean_s dev[s, placebo]``, the same for placebo's
+      change from baseline.
+    """
+    endpoints = tuple(endpoints)
+    arms = sorted(means.drug.unique())
+    drugs = [a for a in arms if a != placebo]
+    slope = np.full(len(endpoints), np.nan)
+    slope_se = np.full(len(endpoints), np.nan)
+    base_dev = np.full((len(arms), len(endpoints)), np.nan)
+    dd_rtm = np.full((len(drugs), len(endpoints)), np.nan)
+    pl_rtm = np.full(len(endpoints), np.nan)
+    for k, e in enumerate(endpoints):
+        wide = means.pivot_table(index=["subject", "drug"], columns="tpt", values=e)
+        if BASELINE_TPT not in wide.columns:
+            continue
+        b = wide[BASELINE_TPT]
+        dev = b - b.groupby(level="subject").transform("mean")
+        post = wide.drop(columns=BASELINE_TPT)
+        long = post.sub(b, axis=0).stack().rename("y").reset_index()
+        long["dev"] = dev.reindex(pd.MultiIndex.from_frame(long[["subject", "drug"]])).values
+        long = long.dropna(subset=["y", "dev"])
+        if len(long) < 3:
+            continue
+        cell = long.groupby(["drug", "tpt"])
+        yc = long.y - cell.y.transform("mean")
+        xc = long.dev - cell.dev.transform("mean")
+        sxx = float((xc * xc).sum())
+        if sxx <= 0:
+            continue
+        lam = -float((xc * yc).sum()) / sxx
+        resid = yc + lam * xc
+        score = (xc * resid).groupby(long.subject).sum()
+        slope[k] = lam
+        slope_se[k] = float(np.sqrt((score**2).sum()) / sxx)
+        bw = b.unstack("drug")
+        dv = dev.unstack("drug")
+        for i, a in enumerate(arms):
+            if a in dv:
+                base_dev[i, k] = float(dv[a].mean())
+        if placebo in bw:
+            for i, d in enumerate(drugs):
+                diff = (bw[d] - bw[placebo]).dropna() if d in bw else pd.Series(dtype=float)
+                if diff.size:
+                    dd_rtm[i, k] = -lam * float(diff.mean())
+            pl_rtm[k] = -lam * float(dv[placebo].mean())
+    return xr.Dataset(
+        {"rtm_slope": (("endpoint",), slope), "rtm_slope_se": (("endpoint",), slope_se),
+         "base_dev": (("arm", "endpoint"), base_dev),
+         "dd_rtm": (("drug", "endpoint"), dd_rtm), "pl_rtm": (("endpoint",), pl_rtm)},
+        coords={"endpoint": list(endpoints), "arm": arms, "drug": drugs})
+
+
 def _summary(values: np.ndarray, level: float) -> tuple[float, float, int, float, float]:
     v = values[np.isfinite(values)]
     n = v.size
@@ -188,6 +273,9 @@ def compute_targets(
     - ``conc_median`` (drug, time): median total plasma concentration (ng/mL);
     - ``base_mean, base_sd`` (endpoint_all): baseline distribution over subjects (each
       subject's mean over its pre-dose triplicates of all periods), for RR, PR, QRS, QT, QTcF, HR;
+    - ``rtm_slope, rtm_slope_se`` (endpoint), ``dd_rtm`` (drug, endpoint), ``pl_rtm``
+      (endpoint): regression to the mean of the period baselines (:func:`baseline_regression`);
+      ``dd_mean`` and the bands are the observed values, not corrected;
     - attrs: subjects, level, repairs.
     """
     df = table if isinstance(table, pd.DataFrame) and "drug" in table else read_ecgrdvq(
@@ -244,6 +332,9 @@ def compute_targets(
             "units": "ms (QTcF, PR, QRS), bpm (HR), h (time), ng/mL (conc_median)",
         },
     )
+    rtm = baseline_regression(means, endpoints).reindex(drug=drugs)
+    for name in ("rtm_slope", "rtm_slope_se", "dd_rtm", "pl_rtm"):
+        ds[name] = rtm[name]
     ds["time"].attrs["units"] = "h after dose"
     return ds
 

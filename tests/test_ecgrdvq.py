@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 
 from ecg_world.ecgrdvq import (
+    BASELINE_TPT,
     REQUIRED_COLUMNS,
+    baseline_regression,
     compute_targets,
     read_ecgrdvq,
     subject_baselines,
@@ -99,3 +101,61 @@ def test_subject_baselines(table):
     assert len(b) == table.subject.nunique()
     assert list(b.columns) == ["RR", "PR", "QRS", "QT", "QTcF", "HR"]
     assert set(REQUIRED_COLUMNS) <= set(table.columns)
+
+
+def _crossover(n_sub=300, sd_day=2.0, sd_noise=4.0, effect=5.0, seed=0):
+    """Synthetic crossover with a persistent day effect per period and independent noise at
+    every time point: the regression-to-the-mean slope is sd_noise^2 / (sd_noise^2 +
+    sd_day^2)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    times = [BASELINE_TPT, 1.0, 2.0, 4.0]
+    for s in range(n_sub):
+        level = rng.normal(400.0, 15.0)
+        for arm in ("placebo", "drug_a", "drug_b"):
+            day = rng.normal(0.0, sd_day)
+            for t in times:
+                eff = effect if (arm == "drug_a" and t > 0) else 0.0
+                rows.append({"subject": s, "drug": arm, "tpt": t,
+                             "QTcF": level + day + eff + rng.normal(0.0, sd_noise)})
+    return pd.DataFrame(rows)
+
+
+def test_baseline_regression_recovers_known_slope():
+    means = _crossover()
+    rtm = baseline_regression(means, endpoints=("QTcF",))
+    lam = float(rtm.rtm_slope.sel(endpoint="QTcF"))
+    se = float(rtm.rtm_slope_se.sel(endpoint="QTcF"))
+    assert abs(lam - 16.0 / 20.0) < max(3 * se, 0.05), (lam, se)
+    assert 0 < se < 0.1
+    # the term a ddX of these subjects carries, computed independently
+    b = means[means.tpt == BASELINE_TPT].pivot(index="subject", columns="drug", values="QTcF")
+    for d in ("drug_a", "drug_b"):
+        want = -lam * float((b[d] - b["placebo"]).mean())
+        assert float(rtm.dd_rtm.sel(drug=d, endpoint="QTcF")) == pytest.approx(want, rel=1e-9)
+    dev = b.sub(b.mean(axis=1), axis=0)
+    assert float(rtm.pl_rtm.sel(endpoint="QTcF")) == pytest.approx(
+        -lam * float(dev["placebo"].mean()), rel=1e-9)
+    # exact baselines (no noise): no regression to the mean
+    exact = _crossover(n_sub=50, sd_noise=0.0)
+    lam0 = float(baseline_regression(exact, endpoints=("QTcF",)).rtm_slope[0])
+    assert abs(lam0) < 1e-6
+
+
+def test_baseline_regression_on_the_study(table, targets):
+    """The dofetilide period's baseline PR is higher than the placebo period's and
+    ranolazine's lower (the README's trap for the observed ddPR of these two drugs)."""
+    lam = targets.rtm_slope.sel(endpoint="PR").item()
+    assert 0.5 < lam < 0.95
+    means = table.groupby(["subject", "drug", "tpt"], as_index=False)["PR"].mean()
+    b = means[means.tpt == BASELINE_TPT].pivot(index="subject", columns="drug", values="PR")
+    d_dof = float((b["dofetilide"] - b["placebo"]).mean())
+    d_ran = float((b["ranolazine"] - b["placebo"]).mean())
+    assert d_dof > 1.0 and d_ran < -1.0
+    assert targets.dd_rtm.sel(drug="dofetilide", endpoint="PR").item() == pytest.approx(
+        -lam * d_dof, rel=1e-6)
+    assert targets.dd_rtm.sel(drug="ranolazine", endpoint="PR").item() > 1.0
+    # observed means are never altered by it
+    assert np.isfinite(targets.dd_mean.sel(drug="dofetilide", endpoint="PR").values).all()
+    for e in ("QTcF", "HR"):
+        assert 0.2 < targets.rtm_slope.sel(endpoint=e).item() < 1.0
