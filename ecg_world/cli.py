@@ -52,7 +52,9 @@ def _run_synth(args) -> int:
 def _add_calibrate(sub):
     p = sub.add_parser("calibrate", help="calibrate the pharmacology against the study table")
     p.add_argument("--table", type=pathlib.Path,
-                   default=pathlib.Path("tests/data/ecgrdvq/SCR-002.Clinical.Data.dev.csv"))
+                   default=pathlib.Path("tests/data/ecgrdvq/SCR-002.Clinical.Data.dev.csv"),
+                   help="SCR-002 clinical table (CSV, PhysioNet ECGRDVQ); default: the copy in "
+                        "the repository, relative to the working directory")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("calibrated.json"),
                    help="calibrated JSON to write (default: ./calibrated.json; the package's "
                         "committed file is ecg_world/data/calibrated.json)")

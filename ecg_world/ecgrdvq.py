@@ -88,7 +88,11 @@ def read_ecgrdvq(
     else:
         path = pathlib.Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"ECGRDVQ table not found: {path}")
+            raise FileNotFoundError(
+                f"ECGRDVQ table not found: {path}. Pass the SCR-002 clinical table "
+                "(SCR-002.Clinical.Data.csv from PhysioNet's ECGRDVQ database, "
+                "https://physionet.org/content/ecgrdvq/; a copy ships in the repository's "
+                "tests/data/ecgrdvq/).")
         df = pd.read_csv(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:

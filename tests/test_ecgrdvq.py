@@ -159,3 +159,8 @@ def test_baseline_regression_on_the_study(table, targets):
     assert np.isfinite(targets.dd_mean.sel(drug="dofetilide", endpoint="PR").values).all()
     for e in ("QTcF", "HR"):
         assert 0.2 < targets.rtm_slope.sel(endpoint=e).item() < 1.0
+
+
+def test_missing_table_says_where_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="physionet.org/content/ecgrdvq"):
+        read_ecgrdvq(tmp_path / "none.csv")
