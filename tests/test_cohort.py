@@ -78,3 +78,25 @@ def test_cli_help_lists_subcommands(capsys):
     for cmd in ("synth", "calibrate"):
         assert cmd in out
     assert main(["synth", "--n-patients", "0", "--out", "x.nc"]) == 2  # clear error, no trace
+
+
+def test_virtual_baselines_match_the_study(data_dir):
+    """Virtual patients (no long-QT share) re-measured on the kernel reproduce the study's
+    baseline distribution, computed from the table (not from the calibration file)."""
+    import pandas as pd
+
+    from ecg_world.calibration import baseline_check, default_calibration
+
+    csv = data_dir / "ecgrdvq/SCR-002.Clinical.Data.dev.csv"
+    chk = baseline_check(default_calibration(), csv).set_index("interval")
+    # the study side, straight from the raw rows: pre-dose QTcF per subject (mean of periods)
+    raw = pd.read_csv(csv)
+    pre = raw[raw.TPT == -0.5]
+    qtcf = (pre.QT / np.cbrt(pre.RR / 1000.0)).groupby([pre.RANDID, pre.EXTRT]).mean()
+    qtcf = qtcf.groupby(level=0).mean()
+    assert chk.loc["QTcF", "study_mean"] == pytest.approx(qtcf.mean(), abs=0.05)
+    assert chk.loc["QTcF", "n_study"] == raw.RANDID.nunique()
+    for k, r in chk.iterrows():
+        se = r.study_sd / np.sqrt(r.n_study)
+        assert abs(r.virtual_mean - r.study_mean) < 2.5 * se + 2.0, (k, dict(r))
+        assert 0.7 < r.virtual_sd / r.study_sd < 1.3, (k, dict(r))
