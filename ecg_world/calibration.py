@@ -256,8 +256,11 @@ def kernel_sensitivity(bdist: dict, *, dhr: float = 10.0, dfrac: float = 0.1) ->
 
     ``gain_*``: reference-interval change per intended change (``scale_waves`` by ``dfrac``);
     ``d*_dHR``: change of QTcF, PR, QRS (ms) per bpm when only the heart rate rises by ``dhr``
-    (with ``hr_scaling="physiological"`` PR shortens as the rate rises, about -0.8 ms/bpm,
-    close to the placebo arm's PR-HR relation); ``dPR_dqt``: change of the reference PR (ms)
+    (with ``hr_scaling="physiological"`` the P wave is stretched by ``RR^(1/3)`` like the T
+    wave, so PR shortens as the rate rises, about -0.8 ms/bpm; steeper than in SCR-002, where
+    PR falls by about 0.12-0.33 ms per bpm of heart-rate change on placebo (within-subject and
+    time-course slopes); the fit absorbs the difference because it sees this coupling);
+    ``dPR_dqt``: change of the reference PR (ms)
     per unit fractional QT change (the stretched T wave's tail reaches the next beat's P wave,
     so the kernel lengthens PR by ~0.4 ms at +15% QT). The effect-space calibration uses these
     so that its predictions are the kernel's, to first order."""
