@@ -587,8 +587,10 @@ def _waveform_raw(
     nblk = -(-n_steps // B)
     n_pad = nblk * B
     b0 = jnp.arange(nblk, dtype=jnp.int32) * B
-    blk = jnp.clip(-(-starts // B), 0, nblk)  # first block starting at or after s_j
-    jm = jnp.cumsum(jnp.zeros(nblk + 1, jnp.int32).at[blk].add(1))[:nblk] - 1
+    # beat in force at each block start: the last beat with s_j <= b0 (a compare-and-count,
+    # nblk x beats, rather than a scatter + cumsum, which XLA's CPU backend tiles into a
+    # reduce-window that it may spend seconds constant-folding)
+    jm = jnp.sum(starts[None, :] <= b0[:, None], axis=1, dtype=jnp.int32) - 1
     jm = jnp.clip(jm, 0, nbt - 1)
     jn = jnp.minimum(jm + 1, nbt - 1)
     f_m = jnp.take(feats, jm, axis=0, mode="clip")
