@@ -257,9 +257,12 @@ def kernel_sensitivity(bdist: dict, *, dhr: float = 10.0, dfrac: float = 0.1) ->
     ``gain_*``: reference-interval change per intended change (``scale_waves`` by ``dfrac``);
     ``d*_dHR``: change of QTcF, PR, QRS (ms) per bpm when only the heart rate rises by ``dhr``
     (with ``hr_scaling="physiological"`` the P wave is stretched by ``RR^(1/3)`` like the T
-    wave, so PR shortens as the rate rises, about -0.8 ms/bpm; steeper than in SCR-002, where
-    PR falls by about 0.12-0.33 ms per bpm of heart-rate change on placebo (within-subject and
-    time-course slopes); the fit absorbs the difference because it sees this coupling);
+    wave, so PR shortens as the rate rises, about -0.8 ms/bpm at the typical twin: a PR/RR
+    slope of ``PR / (3 RR)`` = 0.055 ms/ms at PR 165 ms, RR 1 s, the mean intra-subject PQ/RR
+    slope of Holter recordings in healthy subjects, Hnatkova K et al., J Electrocardiol
+    2008;41:491-497; steeper than the population PR-HR adjustment of -0.26 ms/bpm, Soliman EZ &
+    Rautaharju PM, J Electrocardiol 2012;45:66-69, and than SCR-002's placebo arm, -0.12 to
+    -0.33 ms/bpm; the fit sees this coupling, so its predictions include it);
     ``dPR_dqt``: change of the reference PR (ms)
     per unit fractional QT change (the stretched T wave's tail reaches the next beat's P wave,
     so the kernel lengthens PR by ~0.4 ms at +15% QT). The effect-space calibration uses these

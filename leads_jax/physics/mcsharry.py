@@ -57,7 +57,10 @@ beat at 60 bpm (RR = 1 s). Two ways to move to another rate:
   waves are stretched in time about the QRS onset by ``r^(1/3)`` (position and
   width, amplitude kept), so that QT ~ RR^(1/3) (Fridericia: QTcF close to rate
   independent, verified by the tests on the reference fiducials) and PR shortens
-  mildly with rate (~15% from 60 to 110 bpm). The QRS-onset anchor is estimated
+  mildly with rate (~15% from 60 to 110 bpm; PR ~ RR^(1/3) means a PR/RR slope of
+  PR/(3 RR), 0.055 ms/ms at PR 165 ms and RR 1 s, the mean intra-subject PQ/RR slope
+  in Holter recordings of healthy subjects: Hnatkova K et al., J Electrocardiol
+  2008;41:491-497). The QRS-onset anchor is estimated
   from the Q wave, ``theta_Q - 3 b_Q`` at 60 bpm. The waves adapt to the cycle
   they lie in, without the minutes-long QT/RR hysteresis of real hearts. Cohorts
   for the world model use this mode.
