@@ -219,7 +219,6 @@ def _rtm_term(targets: xr.Dataset, name: str = "dd_rtm") -> xr.DataArray:
         *(("drug",) if name == "dd_rtm" else ()), "time", "endpoint")
 
 
-
 def _map_from_vector(p) -> EffectMap:
     return EffectMap(**{k: jnp.asarray(p[i], jnp.float32) for i, k in enumerate(MAP_FIELDS)})
 
@@ -841,7 +840,7 @@ def _rtm_table(targets: xr.Dataset) -> pd.DataFrame:
         row = {"endpoint": str(e), "lambda": lam,
                "lambda_se": float(targets.rtm_slope_se.sel(endpoint=e))}
         for d in targets.drug.values:
-            row[f"dB {d}"] = -float(targets.dd_rtm.sel(drug=d, endpoint=e)) / lam
+            row[f"dB {d}"] = float(targets.base_diff.sel(drug=d, endpoint=e))
             row[f"dd_rtm {d}"] = float(targets.dd_rtm.sel(drug=d, endpoint=e))
         rows.append(row)
     return pd.DataFrame(rows)

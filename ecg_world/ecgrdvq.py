@@ -192,8 +192,9 @@ def baseline_regression(
       unit of baseline deviation is ``-lambda`` (0: baselines are exact; 1: all baseline
       deviation is noise); ``rtm_slope_se``: its standard error, clustered by subject;
     - ``base_dev`` (arm, endpoint): mean over subjects of ``dev`` per arm (placebo included);
-    - ``dd_rtm`` (drug, endpoint): ``-lambda * mean_s(B[s, drug] - B[s, placebo])`` over the
-      subjects with both baselines, the term a ddX of these subjects carries;
+    - ``base_diff`` (drug, endpoint): ``mean_s(B[s, drug] - B[s, placebo])`` over the subjects
+      with both baselines, and ``dd_rtm = -lambda * base_diff``, the term a ddX of these
+      subjects carries;
     - ``pl_rtm`` (endpoint): ``-lambda * mean_s dev[s, placebo]``, the same for placebo's
       change from baseline.
     """
@@ -203,7 +204,7 @@ def baseline_regression(
     slope = np.full(len(endpoints), np.nan)
     slope_se = np.full(len(endpoints), np.nan)
     base_dev = np.full((len(arms), len(endpoints)), np.nan)
-    dd_rtm = np.full((len(drugs), len(endpoints)), np.nan)
+    base_diff = np.full((len(drugs), len(endpoints)), np.nan)
     pl_rtm = np.full(len(endpoints), np.nan)
     for k, e in enumerate(endpoints):
         wide = means.pivot_table(index=["subject", "drug"], columns="tpt", values=e)
@@ -237,12 +238,14 @@ def baseline_regression(
             for i, d in enumerate(drugs):
                 diff = (bw[d] - bw[placebo]).dropna() if d in bw else pd.Series(dtype=float)
                 if diff.size:
-                    dd_rtm[i, k] = -lam * float(diff.mean())
+                    base_diff[i, k] = float(diff.mean())
             pl_rtm[k] = -lam * float(dv[placebo].mean())
     return xr.Dataset(
         {"rtm_slope": (("endpoint",), slope), "rtm_slope_se": (("endpoint",), slope_se),
          "base_dev": (("arm", "endpoint"), base_dev),
-         "dd_rtm": (("drug", "endpoint"), dd_rtm), "pl_rtm": (("endpoint",), pl_rtm)},
+         "base_diff": (("drug", "endpoint"), base_diff),
+         "dd_rtm": (("drug", "endpoint"), -slope[None, :] * base_diff),
+         "pl_rtm": (("endpoint",), pl_rtm)},
         coords={"endpoint": list(endpoints), "arm": arms, "drug": drugs})
 
 
@@ -277,7 +280,7 @@ def compute_targets(
     - ``conc_median`` (drug, time): median total plasma concentration (ng/mL);
     - ``base_mean, base_sd`` (endpoint_all): baseline distribution over subjects (each
       subject's mean over its pre-dose triplicates of all periods), for RR, PR, QRS, QT, QTcF, HR;
-    - ``rtm_slope, rtm_slope_se`` (endpoint), ``dd_rtm`` (drug, endpoint), ``pl_rtm``
+    - ``rtm_slope, rtm_slope_se`` (endpoint), ``base_diff, dd_rtm`` (drug, endpoint), ``pl_rtm``
       (endpoint): regression to the mean of the period baselines (:func:`baseline_regression`);
       ``dd_mean`` and the bands are the observed values, not corrected;
     - attrs: subjects, level, repairs.
@@ -337,7 +340,7 @@ def compute_targets(
         },
     )
     rtm = baseline_regression(means, endpoints).reindex(drug=drugs)
-    for name in ("rtm_slope", "rtm_slope_se", "dd_rtm", "pl_rtm"):
+    for name in ("rtm_slope", "rtm_slope_se", "base_diff", "dd_rtm", "pl_rtm"):
         ds[name] = rtm[name]
     ds["time"].attrs["units"] = "h after dose"
     return ds

@@ -152,6 +152,8 @@ def test_baseline_regression_on_the_study(table, targets):
     d_dof = float((b["dofetilide"] - b["placebo"]).mean())
     d_ran = float((b["ranolazine"] - b["placebo"]).mean())
     assert d_dof > 1.0 and d_ran < -1.0
+    assert targets.base_diff.sel(drug="dofetilide", endpoint="PR").item() == pytest.approx(
+        d_dof, rel=1e-9)
     assert targets.dd_rtm.sel(drug="dofetilide", endpoint="PR").item() == pytest.approx(
         -lam * d_dof, rel=1e-6)
     assert targets.dd_rtm.sel(drug="ranolazine", endpoint="PR").item() > 1.0
