@@ -55,7 +55,13 @@ from scipy import optimize
 
 from .actions import Action
 from .drugs import DATA_DIR, DrugLibrary, default_library, dose_to_mg
-from .ecgrdvq import BASELINE_TPT, ENDPOINTS, compute_targets, read_ecgrdvq, triplicate_means
+from .ecgrdvq import (
+    BASELINE_TPT,
+    ENDPOINTS,
+    as_read_table,
+    compute_targets,
+    triplicate_means,
+)
 from .pharmacology import (
     Diurnal,
     EffectMap,
@@ -589,8 +595,7 @@ def calibrate(
     ``pk`` may pass a stage-1 result (:func:`fit_pk`) and ``sens`` a kernel response
     (:func:`kernel_sensitivity`) to skip recomputing them."""
     library = library or default_library()
-    df = table if isinstance(table, pd.DataFrame) and "drug" in table else read_ecgrdvq(
-        table, library=library)
+    df = as_read_table(table, library=library)
     targets = compute_targets(df, library=library)
     pk = {d: dict(v) for d, v in (pk or fit_pk(df, library)).items()}
     lib = library.with_pk({d: {k: v for k, v in p.items()
@@ -675,8 +680,7 @@ def leave_one_drug_out(table, *, library=None, n_virtual=64, max_nfev=150,
 
     Returns the coverage/RMSE rows of the held-out drugs and the per-fold maps."""
     library = library or default_library()
-    df = table if isinstance(table, pd.DataFrame) and "drug" in table else read_ecgrdvq(
-        table, library=library)
+    df = as_read_table(table, library=library)
     targets = compute_targets(df, library=library)
     all_drugs = list(targets.drug.values)
     rows, maps = [], {}
@@ -710,8 +714,7 @@ def simulate_study_kernel(cal: Calibration, table, *, n_rep: int = 8, seed: int 
     from .pharmacology import Pharmacology, apply_action
     from .twin import kernel_intervals, twins_from_table
 
-    df = table if isinstance(table, pd.DataFrame) and "drug" in table else read_ecgrdvq(
-        table, library=cal.library)
+    df = as_read_table(table, library=cal.library)
     targets = targets if targets is not None else compute_targets(df, library=cal.library)
     _, twins = twins_from_table(df)
     n_sub = twins.heart_rate.shape[0]
@@ -772,8 +775,7 @@ def baseline_check(cal: Calibration, table, *, n: int = 256, seed: int = 0) -> p
     from .ecgrdvq import subject_baselines
     from .twin import kernel_intervals, twin_from_intervals
 
-    df = table if isinstance(table, pd.DataFrame) and "drug" in table else read_ecgrdvq(
-        table, library=cal.library)
+    df = as_read_table(table, library=cal.library)
     study = subject_baselines(df)
     base, _ = sample_baselines(cal, n, rng=np.random.default_rng(seed), long_qt_share=0.0)
     params, _ = twin_from_intervals(base["RR"], base["PR"], base["QRS"], base["QT"])

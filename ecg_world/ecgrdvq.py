@@ -143,6 +143,16 @@ def read_ecgrdvq(
     return df
 
 
+def as_read_table(
+    table: str | pathlib.Path | pd.DataFrame, *, library: DrugLibrary | None = None
+) -> pd.DataFrame:
+    """``table`` if it is already a table read by :func:`read_ecgrdvq` (it has the canonical
+    ``drug`` column), else read (and repair) it from a path or raw DataFrame."""
+    if isinstance(table, pd.DataFrame) and "drug" in table:
+        return table
+    return read_ecgrdvq(table, library=library)
+
+
 def triplicate_means(df: pd.DataFrame) -> pd.DataFrame:
     """Mean of the replicate ECGs per subject, drug and time point (NaN skipped)."""
     cols = [c for c in ("RR", "PR", "QT", "QRS", "HR", "QTcF", "QTcB", "conc_ng_ml",
@@ -285,8 +295,7 @@ def compute_targets(
       ``dd_mean`` and the bands are the observed values, not corrected;
     - attrs: subjects, level, repairs.
     """
-    df = table if isinstance(table, pd.DataFrame) and "drug" in table else read_ecgrdvq(
-        table, library=library)
+    df = as_read_table(table, library=library)
     endpoints = tuple(endpoints)
     means = triplicate_means(df)
     ch = change_from_baseline(means, endpoints)

@@ -104,9 +104,9 @@ def twins_from_table(table, *, n_iter: int = 6) -> tuple[pd.DataFrame, PatientPa
     """One twin per subject of an ECGRDVQ table (its mean pre-dose intervals over periods).
 
     Returns a DataFrame (subject, measured and achieved intervals) and batched params."""
-    from .ecgrdvq import read_ecgrdvq, subject_baselines
+    from .ecgrdvq import as_read_table, subject_baselines
 
-    df = table if isinstance(table, pd.DataFrame) and "drug" in table else read_ecgrdvq(table)
+    df = as_read_table(table)
     base = subject_baselines(df).dropna()
     params, tf = twin_from_intervals(base.RR.values, base.PR.values, base.QRS.values,
                                      base.QT.values, n_iter=n_iter)
