@@ -82,7 +82,13 @@ def test_parity_with_tight_solve_ivp(hr):
 
 
 def test_parity_with_neurokit_ecg_simulate():
-    """Pearson r >= 0.99 against neurokit2.ecg_simulate(ecgsyn, noise=0, hrstd=0), 60-110 bpm."""
+    """Pearson r >= 0.99 against neurokit2.ecg_simulate(ecgsyn, noise=0, hrstd=0), 60-110 bpm.
+
+    neurokit2 integrates with solve_ivp's default (loose) RK45 tolerances, whose own error
+    depends on the CPU's floating point: at 90 bpm the max |difference| was 0.34 mV on one
+    AMD EPYC and under 0.2 mV on the developers' machine, at r = 0.998 on both. So only a
+    correlation is asserted here; the absolute bound (<= 0.01 mV) is asserted against the
+    tight solve_ivp reference in ``test_parity_with_tight_solve_ivp``."""
     rates = np.array([60.0, 75.0, 90.0, 110.0])
     fs = 500
     ours = simulate_ecg_batch(10, fs, rates, 0, key=jax.random.key(0), noise=0)
@@ -93,7 +99,6 @@ def test_parity_with_neurokit_ecg_simulate():
         z = ours.values[i]
         assert z.shape == ref.shape
         assert np.corrcoef(ref, z)[0, 1] >= 0.99, hr
-        assert np.max(np.abs(ref - z)) < 0.2  # the loose RK45 of neurokit2 differs a little
 
 
 def test_rr_process_and_resampling_match_ecgsyn():
