@@ -55,10 +55,12 @@ stimuli stacked for ``vmap``), ``split_dataset``. CLI: ``leads simulate``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import tempfile
+import typing
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -68,9 +70,12 @@ import numpy as np
 import xarray as xr
 
 from .geometry import Geometry
-from .stimulus import Stimulus, describe_protocol, site_label
+from .stimulus import _FAR, Stimulus, describe_protocol, site_label
 
 __all__ = [
+    "DataSplit",
+    "FIT_VARIABLES",
+    "FitData",
     "FORMAT_VERSION",
     "make_geometry",
     "make_stimulus",
@@ -672,3 +677,343 @@ def split_dataset(ds: xr.Dataset, split: str = "train", *, horizon: str = "train
     if horizon == "train":
         out = out.isel(time=np.where(ds["in_train_horizon"].values.astype(bool))[0])
     return out
+
+
+# ----------------------------------------------------------------------------------
+# the typed hand-off to the fitting engine
+# ----------------------------------------------------------------------------------
+#: Variables a dataset needs for fitting (no ground truth: ``true_state``,
+#: ``true_parameters`` and ``observed_clean`` are optional).
+FIT_VARIABLES = (
+    "observed",
+    "stim_sites",
+    "stim_onsets",
+    "stim_amplitude",
+    "stim_duration",
+    "geom_vertices",
+    "geom_edges",
+    "geom_edge_weights",
+    "geom_mass",
+    "geom_regions",
+)
+#: Standard split names. ``train`` is fitted; ``val`` drives early stopping and model
+#: selection; every other split is an audit split (held out); ``test`` gives ``test_rmse``.
+TRAIN, VAL, TEST = "train", "val", "test"
+EXTRAPOLATION = "train sites, test horizon"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSplit:
+    """Which samples a split scores, and over which time window.
+
+    - `samples`: indices into the ``sample`` axis of :class:`FitData` (non-empty).
+    - `t_end` (ms): the last scored time; a rollout of this split runs from ``time[0]``
+      to the last save time ``<= t_end``.
+    - `t_start` (ms) or ``None``: scored times are those ``> t_start`` (``None``: from
+      ``time[0]``, inclusive). Earlier times are simulated but weigh zero in the loss,
+      so one recording can give a training window and later validation and held-out
+      windows (splits by time or beat).
+    """
+
+    samples: tuple[int, ...]
+    t_end: float
+    t_start: float | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "samples", tuple(int(i) for i in self.samples))
+        object.__setattr__(self, "t_end", _float_field("DataSplit.t_end", self.t_end))
+        if self.t_start is not None:
+            object.__setattr__(self, "t_start",
+                               _float_field("DataSplit.t_start", self.t_start))
+            if not self.t_start < self.t_end:
+                raise ValueError(
+                    f"DataSplit: t_start={self.t_start} ms must be before t_end={self.t_end} ms"
+                )
+        if not self.samples:
+            raise ValueError("DataSplit.samples is empty; a split needs at least one sample")
+
+
+def _float_field(what, x) -> float:
+    """A real scalar (Python, NumPy or JAX) as a float, or a clear error."""
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a real number; got {x!r}") from None
+    if a.shape != () or isinstance(x, bool) or not math.isfinite(float(a)):
+        raise ValueError(f"{what} must be a finite real scalar; got {x!r}")
+    return float(a)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FitData:
+    """Observations as the fitting engine reads them: built and checked once, at the
+    boundary (:meth:`from_dataset` for this package's netCDF format; the recording
+    importer ``from_recording`` builds the same object from a user's traces).
+
+    **Fields** (units fixed: time in ms, potentials in mV):
+
+    - `geometry`: the :class:`~leads_jax.geometry.Geometry` the observations live on
+      (its ``n_nodes`` is the ``node`` axis of `observed`).
+    - `time` ``[time]`` (ms): strictly increasing save times, shared by every sample.
+    - `observed` ``[sample, time, node]`` (mV): the observed potential; finite.
+    - `stimuli`: one :class:`~leads_jax.stimulus.Stimulus` per sample, stacked on a
+      leading ``sample`` axis (pulse counts padded, see :meth:`Stimulus.padded`).
+    - `splits`: ``{name: DataSplit}``. ``"train"`` is required (it is fitted); ``"val"``
+      (optional) drives early stopping and selection; every other split is held out
+      and scored by the stability audit (``"test"`` gives ``test_rmse``; datasets of
+      this package also have ``"train sites, test horizon"``). Order is kept.
+    - `t_train` (ms): the training horizon (end of the ``train`` window).
+    - `dt` (ms) or ``None``: the integration step the data were made with, the
+      default step of a fit (``None``: each model's own default).
+    - `pacing_site` ``[sample]``: a label per sample (site name, beat...).
+    - `provenance`: free text metadata kept in fit results (``description``,
+      ``true_structure`` JSON when known, ``source``...).
+    - `warnings`: problems found while reading that are not errors (e.g. a sample
+      without any stimulus); ``fit`` records them in its results.
+    """
+
+    geometry: Geometry
+    time: np.ndarray
+    observed: np.ndarray
+    stimuli: Any
+    splits: Mapping[str, DataSplit]
+    t_train: float
+    dt: float | None = None
+    pacing_site: tuple[str, ...] = ()
+    provenance: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    time_units: typing.ClassVar[str] = "ms"
+    observed_units: typing.ClassVar[str] = "mV"
+
+    def __post_init__(self):
+        t = np.asarray(self.time, dtype=np.float64)
+        if t.ndim != 1 or t.size < 2 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
+            raise ValueError("FitData.time must be finite and strictly increasing (ms), with "
+                             f"at least 2 samples; got shape {t.shape}")
+        obs = np.asarray(self.observed, dtype=np.float32)
+        n_nodes = int(self.geometry.n_nodes)
+        if obs.ndim != 3 or obs.shape[1:] != (t.size, n_nodes):
+            raise ValueError(
+                f"FitData.observed must have shape (sample, time={t.size}, node={n_nodes}); "
+                f"got {obs.shape}"
+            )
+        bad = np.where(~np.all(np.isfinite(obs.reshape(obs.shape[0], -1)), axis=1))[0]
+        if bad.size:
+            raise ValueError(f"observed has NaN/inf values in sample(s) {bad.tolist()}")
+        n_samples = obs.shape[0]
+        sites = np.asarray(self.stimuli.sites)
+        if sites.shape != (n_samples, n_nodes):
+            raise ValueError(
+                f"FitData.stimuli must be stacked over the {n_samples} samples, with sites of "
+                f"shape ({n_samples}, {n_nodes}); got {sites.shape}"
+            )
+        splits = dict(self.splits)
+        if TRAIN not in splits:
+            raise ValueError(f"FitData.splits needs a {TRAIN!r} split; got {list(splits)}")
+        for name, sp in splits.items():
+            if not isinstance(sp, DataSplit):
+                raise ValueError(f"FitData.splits[{name!r}] must be a DataSplit")
+            out = [i for i in sp.samples if not 0 <= i < n_samples]
+            if out:
+                raise ValueError(
+                    f"split {name!r}: sample(s) {out} outside 0..{n_samples - 1}"
+                )
+            if sp.t_end > t[-1] + 1e-6 * (t[-1] - t[0]):
+                raise ValueError(
+                    f"split {name!r} ends at t={sp.t_end:g} ms, after the record's end "
+                    f"({t[-1]:g} ms)"
+                )
+            if np.sum(self._scored(t, sp)) == 0:
+                raise ValueError(f"split {name!r} scores no save time")
+        t_train = _float_field("FitData.t_train", self.t_train)
+        if not t[0] < t_train <= t[-1] + 1e-6 * (t[-1] - t[0]):
+            raise ValueError(
+                f"t_train = {t_train:g} ms must lie inside the record ({t[0]:g}, {t[-1]:g}] ms"
+            )
+        dt = None if self.dt is None else _float_field("FitData.dt", self.dt)
+        if dt is not None and not dt > 0:
+            raise ValueError(f"FitData.dt must be > 0 ms or None; got {dt}")
+        labels = tuple(str(x) for x in self.pacing_site) or tuple(
+            f"sample {i}" for i in range(n_samples))
+        if len(labels) != n_samples:
+            raise ValueError(f"FitData.pacing_site needs {n_samples} labels; got {len(labels)}")
+        notes = list(self.warnings)
+        amp = np.asarray(self.stimuli.amplitude).reshape(n_samples)
+        for i in range(n_samples):
+            if not np.any(sites[i] > 0) or amp[i] == 0:
+                notes.append(f"sample {i} ({labels[i]}): the stimulus is zero everywhere "
+                             "(all-zero pacing sites or amplitude)")
+        for k, v in (("time", t), ("observed", obs), ("t_train", t_train), ("dt", dt),
+                     ("splits", splits), ("pacing_site", labels),
+                     ("provenance", {str(a): str(b) for a, b in dict(self.provenance).items()}),
+                     ("warnings", tuple(dict.fromkeys(notes)))):
+            object.__setattr__(self, k, v)
+
+    # -- views -------------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        return int(self.observed.shape[0])
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.geometry.n_nodes)
+
+    @property
+    def audit_splits(self) -> tuple[str, ...]:
+        """The held-out splits (every split but ``train`` and ``val``), in order."""
+        return tuple(n for n in self.splits if n not in (TRAIN, VAL))
+
+    @staticmethod
+    def _scored(t, sp: DataSplit) -> np.ndarray:
+        end = t <= sp.t_end + 1e-9
+        return end if sp.t_start is None else end & (t > sp.t_start + 1e-9)
+
+    def split_arrays(self, name: str):
+        """``(stimuli, targets [sample time node], ts [time], weights [time])`` of one
+        split as host/device arrays (no XLA computation), or ``None`` when absent."""
+        import jax.numpy as jnp
+
+        sp = self.splits.get(name)
+        if sp is None:
+            return None
+        idx = np.asarray(sp.samples)
+        keep = self.time <= sp.t_end + 1e-9
+        w = self._scored(self.time, sp)[keep].astype(np.float32)
+        stim = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[idx]), self.stimuli)
+        targets = self.observed[idx][:, keep]
+        return stim, targets, self.time[keep].astype(np.float32), w
+
+    # -- constructors ---------------------------------------------------------------------
+    @classmethod
+    def from_dataset(cls, ds: xr.Dataset | str | os.PathLike, *,
+                     geometry: Geometry | None = None) -> FitData:
+        """Read a dataset in this package's format (module docstring), or the path of one.
+
+        Needs the :data:`FIT_VARIABLES`, the ``time``/``split``/``pacing_site``
+        coordinates and the ``t_train`` attribute (ground-truth variables are optional).
+        Splits: ``train`` and ``val`` samples over the training horizon, ``test`` samples
+        over the whole record, and ``"train sites, test horizon"``. `geometry`, when
+        given, must equal the stored one (it is checked, never silently replaced).
+        """
+        if isinstance(ds, (str, os.PathLike)):
+            path = os.fspath(ds)
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"no dataset at {path!r}")
+            with xr.open_dataset(path, engine="h5netcdf") as f:
+                ds = f.load()
+        if not isinstance(ds, xr.Dataset):
+            raise ValueError(
+                f"FitData.from_dataset needs an xarray.Dataset or a path; got {type(ds).__name__}"
+            )
+        _validate_fit_variables(ds)
+        stored = geometry_from_dataset(ds)
+        geo = stored if geometry is None else _same_geometry(geometry, stored)
+        t = np.asarray(ds["time"].values, dtype=np.float64)
+        t_train = _float_field("attribute t_train", ds.attrs["t_train"])
+        labels = np.asarray(ds["split"].values).astype(str)
+        splits = {}
+        for name, horizon in ((TRAIN, t_train), (VAL, t_train), (TEST, float(t[-1])),
+                              (EXTRAPOLATION, float(t[-1]))):
+            lab = TRAIN if name == EXTRAPOLATION else name
+            idx = np.flatnonzero(labels == lab)
+            if idx.size:
+                splits[name] = DataSplit(tuple(idx.tolist()), horizon)
+        if TRAIN not in splits:
+            raise ValueError("the dataset has no 'train' samples")
+        dt = float(ds.attrs.get("dt", 0.0) or 0.0)
+        provenance = {
+            "description": str(ds.attrs.get("description", "")),
+            "true_structure": str(ds.attrs.get("structure", "")),
+        }
+        return cls(
+            geometry=geo,
+            time=t,
+            observed=np.asarray(ds["observed"].values, dtype=np.float32),
+            stimuli=_stacked_stimuli_np(ds, geo),
+            splits=splits,
+            t_train=t_train,
+            dt=dt if dt > 0 else None,
+            pacing_site=tuple(str(x) for x in np.asarray(ds["pacing_site"].values)),
+            provenance=provenance,
+        )
+
+
+def _validate_fit_variables(ds: xr.Dataset) -> None:
+    """What fitting needs from a dataset (a subset of :func:`validate_dataset`)."""
+    missing = [v for v in FIT_VARIABLES if v not in ds.variables]
+    if missing:
+        raise ValueError(
+            f"dataset is missing variable(s) {missing}; fitting needs {list(FIT_VARIABLES)}"
+        )
+    for c in ("split", "pacing_site", "time"):
+        if c not in ds.coords:
+            raise ValueError(f"dataset is missing coordinate {c!r}")
+    for a in ("t_train", "region_names", "pacing_sites"):
+        if a not in ds.attrs:
+            raise ValueError(f"dataset is missing attribute {a!r}")
+    if ds["observed"].dims != ("sample", "time", "node"):
+        raise ValueError(f"observed must have dims (sample, time, node); got {ds['observed'].dims}")
+    bad_split = set(np.asarray(ds["split"].values).tolist()) - {"train", "val", "test"}
+    if bad_split:
+        raise ValueError(f"split labels must be train/val/test; found {sorted(bad_split)}")
+    t = np.asarray(ds["time"].values)
+    if t.size < 2 or np.any(np.diff(t) <= 0):
+        raise ValueError("time must be strictly increasing with at least 2 samples")
+    if ds.sizes["node"] != ds["geom_vertices"].shape[0]:
+        raise ValueError("geometry node count differs from the data's node dimension")
+    obs = np.asarray(ds["observed"].values)
+    bad = np.where(~np.all(np.isfinite(obs.reshape(obs.shape[0], -1)), axis=1))[0]
+    if bad.size:
+        raise ValueError(
+            f"observed has NaN/inf values in sample(s) {bad.tolist()} "
+            f"(pacing sites {[str(x) for x in np.asarray(ds['pacing_site'].values)[bad]]})"
+        )
+    for a in ("region_names", "pacing_sites"):
+        try:
+            json.loads(ds.attrs[a])
+        except (TypeError, ValueError):
+            raise ValueError(f"attribute {a!r} is not valid JSON") from None
+
+
+def _same_geometry(geometry: Geometry, stored: Geometry) -> Geometry:
+    if geometry.n_nodes != stored.n_nodes:
+        raise ValueError(
+            f"geometry mismatch: the geometry has {geometry.n_nodes} nodes, the dataset "
+            f"{stored.n_nodes}"
+        )
+    same = (
+        np.allclose(np.asarray(geometry.vertices), np.asarray(stored.vertices), atol=1e-6)
+        and np.asarray(geometry.edges).shape == np.asarray(stored.edges).shape
+        and np.array_equal(np.asarray(geometry.edges), np.asarray(stored.edges))
+        and np.allclose(np.asarray(geometry.edge_weights), np.asarray(stored.edge_weights),
+                        rtol=1e-5)
+    )
+    if not same:
+        raise ValueError(
+            "geometry mismatch: the given geometry's vertices/edges/weights differ from the "
+            "dataset's (geom_* variables); fit on geometry_from_dataset(ds) or pass none"
+        )
+    return geometry
+
+
+def _stacked_stimuli_np(ds: xr.Dataset, geometry: Geometry) -> Stimulus:
+    """:func:`stacked_stimuli` built on the host (no XLA computation): each sample's
+    stimulus is checked by :meth:`Stimulus.custom`, then padded like
+    :meth:`Stimulus.padded` and stacked with NumPy."""
+    import jax.numpy as jnp
+
+    stims = [stimulus_from_dataset(ds, i, geometry) for i in range(ds.sizes["sample"])]
+    n = max([s.n_pulses for s in stims] + [1])
+    onsets = []
+    for s in stims:
+        on = np.asarray(s.onsets, dtype=np.float32)
+        extra = (np.float32(_FAR) + np.float32(float(s.duration) + 1.0)
+                 * np.arange(n - on.size, dtype=np.float32))
+        onsets.append(np.concatenate([on, extra.astype(np.float32)]))
+    return Stimulus(
+        sites=jnp.asarray(np.stack([np.asarray(s.sites) for s in stims])),
+        amplitude=jnp.asarray(np.stack([np.asarray(s.amplitude) for s in stims])),
+        duration=jnp.asarray(np.stack([np.asarray(s.duration) for s in stims])),
+        onsets=jnp.asarray(np.stack(onsets)),
+    )
