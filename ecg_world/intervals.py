@@ -177,6 +177,8 @@ class IntervalResult(eqx.Module):
     beat_mask: Bool[Array, "*shape beat"]
     r_peak: Float[Array, "*shape beat"]
     p_onset: Float[Array, "*shape beat"]
+    p_peak: Float[Array, "*shape beat"]
+    p_offset: Float[Array, "*shape beat"]
     qrs_onset: Float[Array, "*shape beat"]
     qrs_offset: Float[Array, "*shape beat"]
     t_peak: Float[Array, "*shape beat"]
@@ -432,6 +434,17 @@ def _delineate_window(w, valid, rr_prev, rr_next, cfg: IntervalConfig):
     p_ok = (
         jnp.any(in_p) & (amp_p >= cfg.p_min_ratio * qrs_amp) & (p_on >= 0) & (peak_up > 0)
     )
+    # P offset: mirror of the onset on the terminal lobe (the largest one, jp; a biphasic
+    # P wave's opposite lobe leads it)
+    pt_sign, jpt = sp, jp
+    down = (j >= jpt) & (j <= jnp.minimum(jpt + s(0.12), on)) & valid
+    jpd = jnp.argmax(jnp.where(down, -pt_sign * dt, -jnp.inf))
+    peak_down = -pt_sign * dt[jpd]
+    low_d = (-pt_sign * dt < cfg.p_fraction * peak_down) & (j > jpd) & (j <= on) & valid
+    p_off = jnp.min(jnp.where(low_d, j, n_w))
+    p_off_ok = p_ok & (p_off < n_w) & (peak_down > 0)
+    p_off = jnp.where(p_off_ok, p_off.astype(w.dtype), jnp.nan)
+    p_peak = jnp.where(p_ok, jp.astype(w.dtype), jnp.nan)
     p_on = jnp.where(p_ok, p_on.astype(w.dtype), jnp.nan)
 
     on_f = on.astype(w.dtype)
@@ -445,6 +458,8 @@ def _delineate_window(w, valid, rr_prev, rr_next, cfg: IntervalConfig):
 
     return {
         "p_onset": inside(p_on),
+        "p_peak": inside(p_peak),
+        "p_offset": inside(p_off),
         "qrs_onset": inside(on_f),
         "qrs_offset": inside(off_f),
         "t_peak": inside(t_peak),
@@ -512,7 +527,7 @@ def _measure_one(x, cfg: IntervalConfig):
         qt=mqt,
         qtc_bazett=qtc_bazett(mqt, med_rr_ms),
         qtc_fridericia=qtc_fridericia(mqt, med_rr_ms),
-        **{k: (v - pre) * ms for k, v in mfid.items()},
+        **{k: (v - pre) * ms for k, v in mfid.items() if k not in ("p_peak", "p_offset")},
     )
     return dict(
         beat_mask=bmask,
@@ -608,7 +623,8 @@ def measure_record(ecg, *, max_beats: int | None = None, **config_kwargs):
     coords = {k: v for k, v in ecg.coords.items() if "time" not in v.dims}
     ds = xr.Dataset(coords=coords)
     ds["beat_mask"] = (beat_dims, res.beat_mask)
-    for name in ("r_peak", "p_onset", "qrs_onset", "qrs_offset", "t_peak", "t_end"):
+    for name in ("r_peak", "p_onset", "p_peak", "p_offset", "qrs_onset", "qrs_offset", "t_peak",
+                 "t_end"):
         ds[name] = (beat_dims, getattr(res, name) + t0, {"units": "s"})
     for name in ("rr", "pr", "qrs", "qt", "qtc_bazett", "qtc_fridericia"):
         ds[name] = (beat_dims, getattr(res, name), {"units": "ms"})
