@@ -40,7 +40,6 @@ drug's time courses (its PK still comes from its concentrations, stage 1).
 from __future__ import annotations
 
 import datetime
-import json
 import pathlib
 import subprocess
 from collections.abc import Sequence
@@ -52,14 +51,23 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy import optimize
+from scipy.stats import norm, qmc
+
+from leads_jax.physics.ecg_fiducials import qt_from_qtc_fridericia, qtc_fridericia
 
 from .actions import Action
-from .drugs import DATA_DIR, DrugLibrary, default_library, dose_to_mg
+from .calibrated import CALIBRATED_JSON as CALIBRATED_JSON
+from .calibrated import DEFAULT_BASELINE as DEFAULT_BASELINE
+from .calibrated import NEUTRAL_SENSITIVITY as NEUTRAL_SENSITIVITY
+from .calibrated import Calibration as Calibration
+from .calibrated import default_calibration as default_calibration
+from .drugs import DrugLibrary, default_library, dose_to_mg
 from .ecgrdvq import (
     BASELINE_TPT,
     ENDPOINTS,
     as_read_table,
     compute_targets,
+    subject_baselines,
     triplicate_means,
 )
 from .pharmacology import (
@@ -69,9 +77,10 @@ from .pharmacology import (
     channel_block,
     concentrations,
     effects_from_block,
+    scale_waves,
 )
+from .twin import kernel_intervals, twin_from_intervals
 
-CALIBRATED_JSON = DATA_DIR / "calibrated.json"
 MAP_FIELDS = tuple(EffectMap.__dataclass_fields__)
 #: (lower, upper) bounds of the map parameters during the fit
 MAP_BOUNDS = {
@@ -191,7 +200,7 @@ def fit_diurnal(targets: xr.Dataset, sens: dict | None = None) -> Diurnal:
     scale = {"HR": 1.0, "QTc": 1.0 / base["QTcF"], "PR": 1.0 / base["PR"],
              "QRS": 1.0 / base["QRS"]}
     src = {"HR": "HR", "QTc": "QTcF", "PR": "PR", "QRS": "QRS"}
-    pl = targets.pl_mean - _rtm_term(targets, "pl_rtm")
+    pl = targets.pl_mean - rtm_term(targets, "pl_rtm")
     for k, name in enumerate(("HR", "QTc", "PR", "QRS")):
         y = pl.sel(endpoint=src[name]).values[keep]
         if name != "HR":
@@ -214,7 +223,7 @@ def fit_diurnal(targets: xr.Dataset, sens: dict | None = None) -> Diurnal:
 # ---------------------------------------------------------- stage 3: the shared effect map
 
 
-def _rtm_term(targets: xr.Dataset, name: str = "dd_rtm") -> xr.DataArray:
+def rtm_term(targets: xr.Dataset, name: str = "dd_rtm") -> xr.DataArray:
     """The study's regression-to-the-mean term on the targets' time grid (0 before the dose;
     0 where the targets carry none)."""
     post = xr.DataArray(targets.time.values > BASELINE_TPT, coords={"time": targets.time})
@@ -251,11 +260,6 @@ def _cohort_effects(table, emap, drug_ids, dose_mg, times, eta_pk, eta_pd):
     return f(drug_ids, dose_mg, times, eta_pk, eta_pd)
 
 
-#: kernel response used when none is given: exact proportional realisation, no rate coupling
-NEUTRAL_SENSITIVITY = {"gain_qt": 1.0, "gain_pr": 1.0, "gain_qrs": 1.0, "dQTcF_dHR": 0.0,
-                       "dPR_dHR": 0.0, "dQRS_dHR": 0.0, "dPR_dqt": 0.0}
-
-
 def kernel_sensitivity(bdist: dict, *, dhr: float = 10.0, dfrac: float = 0.1) -> dict:
     """How the McSharry kernel realises the map's outputs at the cohort's typical twin.
 
@@ -272,12 +276,9 @@ def kernel_sensitivity(bdist: dict, *, dhr: float = 10.0, dfrac: float = 0.1) ->
     per unit fractional QT change (the stretched T wave's tail reaches the next beat's P wave,
     so the kernel lengthens PR by ~0.4 ms at +15% QT). The effect-space calibration uses these
     so that its predictions are the kernel's, to first order."""
-    from .pharmacology import scale_waves
-    from .twin import kernel_intervals, twin_from_intervals
-
     mean = np.asarray(bdist["mean"], float)
     rr = float(np.exp(mean[0]))
-    qt = float(mean[3] * np.cbrt(rr / 1000.0))
+    qt = float(qt_from_qtc_fridericia(mean[3], rr))
     params, _ = twin_from_intervals([rr], [mean[1]], [mean[2]], [qt])
     m = jax.tree_util.tree_map(lambda x: x[0], params.ecg)
     hr = float(params.heart_rate[0])
@@ -285,7 +286,7 @@ def kernel_sensitivity(bdist: dict, *, dhr: float = 10.0, dfrac: float = 0.1) ->
     b = np.asarray(f(m, hr), float)
 
     def qtcf(v):
-        return v[3] / np.cbrt(v[0] / 1000.0)
+        return qtc_fridericia(v[3], v[0])
 
     h = np.asarray(f(m, hr + dhr), float)
     gq = np.asarray(f(scale_waves(m, dfrac, 0.0, 0.0), hr), float)
@@ -330,8 +331,6 @@ class CohortDesign:
         self.t_eval = jnp.asarray(np.maximum(self.times, 0.0), jnp.float32)
         # scrambled Sobol points mapped to normal quantiles: the cohort mean converges much
         # faster than with pseudo-random draws, so 64 virtual subjects give a stable mean
-        from scipy.stats import norm, qmc
-
         u = qmc.Sobol(d=4, scramble=True, seed=seed).random(n_virtual)
         z = norm.ppf(np.clip(u, 1e-6, 1 - 1e-6)).astype(np.float32)
         self.z_pk = jnp.asarray(z[:, :3])
@@ -361,7 +360,7 @@ _cohort_effects_jit = jax.jit(_cohort_effects)
 def _target_arrays(targets, drugs, se_floor=(2.0, 2.0, 1.0, 1.0)):
     """Observed means less the study's regression-to-the-mean term (the simulation is then
     compared on the drug effect alone) and weights 1/SE."""
-    obs = (targets.dd_mean - _rtm_term(targets)).sel(drug=drugs,
+    obs = (targets.dd_mean - rtm_term(targets)).sel(drug=drugs,
                                                      endpoint=list(ENDPOINTS)).values
     sd = targets.dd_sd.sel(drug=drugs, endpoint=list(ENDPOINTS)).values
     n = targets.dd_n.sel(drug=drugs, endpoint=list(ENDPOINTS)).values
@@ -475,99 +474,14 @@ def fit_omega_pd(targets, library, emap, variability, *, drugs=("dofetilide", "q
 # ------------------------------------------------------------------------- orchestration
 
 
-#: fallback baseline distribution (the dev table's values, rounded) for a Calibration without one
-DEFAULT_BASELINE = {
-    "variables": ["log_RR_ms", "PR_ms", "QRS_ms", "QTcF_ms"],
-    "mean": [6.96, 165.0, 98.0, 395.0],
-    "cov": [[0.012, 0.0, 0.0, 0.0], [0.0, 540.0, 0.0, 0.0], [0.0, 0.0, 46.0, 0.0],
-            [0.0, 0.0, 0.0, 340.0]],
-}
-
-
 def baseline_distribution(df: pd.DataFrame) -> dict:
     """Mean and covariance of (log RR, PR, QRS, QTcF) over the subjects' baselines."""
-    from .ecgrdvq import subject_baselines
-
     b = subject_baselines(df).dropna()
     x = np.column_stack([np.log(b.RR), b.PR, b.QRS, b.QTcF])
     return {"variables": ["log_RR_ms", "PR_ms", "QRS_ms", "QTcF_ms"],
             "mean": x.mean(axis=0).round(6).tolist(),
             "cov": np.cov(x, rowvar=False).round(6).tolist(),
             "n_subjects": int(len(b))}
-
-
-class Calibration:
-    """Calibrated state: drug library with fitted PK, effect map, diurnal course, variability."""
-
-    def __init__(self, library: DrugLibrary, emap: EffectMap, diurnal: Diurnal,
-                 variability: Variability, provenance: dict | None = None,
-                 pk: dict | None = None, fit_info: dict | None = None,
-                 baseline_distribution: dict | None = None, sensitivity: dict | None = None):
-        self.sensitivity = {**NEUTRAL_SENSITIVITY, **(sensitivity or {})}
-        self.library = library
-        self.baseline_distribution = baseline_distribution or DEFAULT_BASELINE
-        self.emap = emap
-        self.diurnal = diurnal
-        self.variability = variability
-        self.provenance = provenance or {}
-        self.pk = pk or {}
-        self.fit_info = fit_info or {}
-
-    def to_json(self, path: str | pathlib.Path = CALIBRATED_JSON) -> pathlib.Path:
-        path = pathlib.Path(path)
-        doc = {
-            "schema_version": 1,
-            "provenance": self.provenance,
-            "effect_map": self.emap.to_dict(),
-            "diurnal": {"endpoints": ["HR_bpm", "QTc_frac", "PR_frac", "QRS_frac"],
-                        "basis": ["cos 24h", "sin 24h", "cos 12h", "sin 12h"],
-                        "reference_time_h": BASELINE_TPT,
-                        "coef": np.asarray(self.diurnal.coef).round(8).tolist()},
-            "variability": self.variability.to_dict(),
-            "pk": self.pk,
-            "fit": self.fit_info,
-            "baseline_distribution": self.baseline_distribution,
-            "kernel_sensitivity": self.sensitivity,
-        }
-        path.write_text(json.dumps(doc, indent=2) + "\n")
-        return path
-
-    @classmethod
-    def from_json(cls, path: str | pathlib.Path = CALIBRATED_JSON,
-                  library: DrugLibrary | None = None) -> Calibration:
-        path = pathlib.Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"calibration file not found: {path}")
-        doc = json.loads(path.read_text())
-        missing = [k for k in ("effect_map", "diurnal", "variability", "pk") if k not in doc]
-        if missing:
-            raise ValueError(f"{path}: missing sections {missing}")
-        library = library or default_library()
-        pk_fields = ("ka_per_h", "ke_per_h", "v_over_f_l", "tlag_h", "release_per_h",
-                     "ke0_per_h", "unbound_fraction")
-        pk = {d: {k: v for k, v in p.items() if k in pk_fields} for d, p in doc["pk"].items()
-              if d in library}
-        lib = library.with_pk({library.canonical(d): p for d, p in pk.items()})
-        emap = EffectMap.default(**doc["effect_map"])
-        diurnal = Diurnal(jnp.asarray(doc["diurnal"]["coef"], jnp.float32))
-        var = Variability.default(**doc["variability"])
-        return cls(lib, emap, diurnal, var, doc.get("provenance", {}), doc["pk"],
-                   doc.get("fit", {}), doc.get("baseline_distribution"),
-                   doc.get("kernel_sensitivity"))
-
-
-_DEFAULT: Calibration | None = None
-
-
-def default_calibration() -> Calibration:
-    """The committed calibration (``ecg_world/data/calibrated.json``), cached."""
-    global _DEFAULT
-    if _DEFAULT is None:
-        # The first call may come from inside a jit trace (apply_action's default);
-        # build the cached arrays eagerly so no tracer leaks into the cache.
-        with jax.ensure_compile_time_eval():
-            _DEFAULT = Calibration.from_json()
-    return _DEFAULT
 
 
 def _git_commit() -> str:
@@ -649,7 +563,7 @@ def predicted_time_courses(cal: Calibration, targets: xr.Dataset, *, drugs=None,
                        coords={"drug": drugs, "time": targets.time.values,
                                "endpoint": list(ENDPOINTS)})
     return xr.Dataset(
-        {"sim_mean": pop + _rtm_term(targets).sel(drug=drugs, endpoint=list(ENDPOINTS)),
+        {"sim_mean": pop + rtm_term(targets).sel(drug=drugs, endpoint=list(ENDPOINTS)),
          "sim_mean_population": pop,
          "sim_sd": (dims, sim.std(axis=2))})
 
@@ -696,261 +610,3 @@ def leave_one_drug_out(table, *, library=None, n_virtual=64, max_nfev=150,
         rows.append(cov)
         maps[held] = cal.emap.to_dict()
     return pd.concat(rows, ignore_index=True), maps
-
-
-# ------------------------------------------------------------------ kernel-level simulation
-
-
-def simulate_study_kernel(cal: Calibration, table, *, n_rep: int = 8, seed: int = 2,
-                          targets: xr.Dataset | None = None) -> xr.Dataset:
-    """The study re-run on the McSharry kernel: one twin per subject of the table (fitted to
-    its baseline intervals, :mod:`ecg_world.twin`), ``n_rep`` draws of the PK/PD random effects
-    each, every drug of the table at every time point; intervals from the kernel's reference
-    fiducials; placebo-corrected changes computed exactly as for the observed data.
-
-    **Returns:** Dataset with ``sim_mean`` (including the table's regression-to-the-mean
-    term, as :func:`predicted_time_courses`), ``sim_mean_population``, ``sim_sd`` (drug, time,
-    endpoint) and the raw ``dd`` (drug, time, virtual, endpoint; the drug effect alone)."""
-    from .pharmacology import Pharmacology, apply_action
-    from .twin import kernel_intervals, twins_from_table
-
-    df = as_read_table(table, library=cal.library)
-    targets = targets if targets is not None else compute_targets(df, library=cal.library)
-    _, twins = twins_from_table(df)
-    n_sub = twins.heart_rate.shape[0]
-    key = jax.random.PRNGKey(seed)
-    eta_pk, eta_pd = cal.variability.sample(key, (n_sub * n_rep,))
-    rep = jax.tree_util.tree_map(lambda x: jnp.repeat(x, n_rep, axis=0), twins)
-    from .pharmacology import PatientParams
-
-    rep = PatientParams(rep.ecg, rep.heart_rate, eta_pk, eta_pd)
-    drugs = ["placebo"] + [str(d) for d in targets.drug.values]
-    lib = cal.library
-    ids = jnp.asarray([lib.index(d) for d in drugs], jnp.int32)
-    doses = jnp.asarray([dose_to_mg(lib[d].standard_dose, lib[d].dose_unit) for d in drugs],
-                        jnp.float32)
-    times = np.asarray(targets.time.values, float)
-    pharm = Pharmacology(lib.table(), cal.emap, cal.diurnal)
-
-    def cell(p, d, dose, t):
-        q = apply_action(p, Action(d, dose, jnp.maximum(t, 0.0)), None, pharm)
-        # the pre-dose time is the twin itself (no drug, no diurnal change)
-        q = jax.tree_util.tree_map(lambda a, b: jnp.where(t < 0, a, b), p, q)
-        iv = kernel_intervals(q.ecg, q.heart_rate)
-        rr, pr, qrs, qt = iv[0], iv[1], iv[2], iv[3]
-        return jnp.stack([qt / jnp.cbrt(rr / 1000.0), pr, qrs, 60000.0 / rr])
-
-    f = jax.vmap(cell, (None, None, None, 0))
-    f = jax.vmap(f, (None, 0, 0, None))
-    f = jax.jit(jax.vmap(f, (0, None, None, None)))
-    out = []
-    for s in range(0, n_sub * n_rep, 32):
-        p = jax.tree_util.tree_map(lambda x, s=s: x[s:s + 32], rep)
-        out.append(np.asarray(f(p, ids, doses, jnp.asarray(times, jnp.float32))))
-    vals = np.concatenate(out)  # (virtual, drug, time, endpoint)
-    pre = int(np.argmin(np.abs(times - BASELINE_TPT)))
-    change = vals - vals[:, :, pre:pre + 1]
-    dd = change[:, 1:] - change[:, :1]  # minus placebo, same virtual subject and time
-    dd = np.moveaxis(dd, 0, 2)  # (drug, time, virtual, endpoint)
-    pl = change[:, 0]  # (virtual, time, endpoint)
-    coords = {"drug": drugs[1:], "time": times, "endpoint": list(ENDPOINTS)}
-    pop = xr.DataArray(dd.mean(axis=2), dims=("drug", "time", "endpoint"), coords=coords)
-    return xr.Dataset(
-        {"sim_mean": pop + _rtm_term(targets).sel(drug=drugs[1:], endpoint=list(ENDPOINTS)),
-         "sim_mean_population": pop,
-         "sim_sd": (("drug", "time", "endpoint"), dd.std(axis=2)),
-         "dd": (("drug", "time", "virtual", "endpoint"), dd),
-         "pl_sim_mean": (("time", "endpoint"), pl.mean(axis=0))},
-        coords=coords, attrs={"n_subjects": n_sub, "n_rep": n_rep})
-
-
-# ------------------------------------------------------------------------------ the report
-
-
-def baseline_check(cal: Calibration, table, *, n: int = 256, seed: int = 0) -> pd.DataFrame:
-    """Study baselines (subjects of the table) vs virtual patients drawn from the calibration's
-    baseline distribution (no long-QT share), made into twins and re-measured on the kernel:
-    mean and SD of RR, PR, QRS and QTcF (ms)."""
-    from .cohort import sample_baselines
-    from .ecgrdvq import subject_baselines
-    from .twin import kernel_intervals, twin_from_intervals
-
-    df = as_read_table(table, library=cal.library)
-    study = subject_baselines(df)
-    base, _ = sample_baselines(cal, n, rng=np.random.default_rng(seed), long_qt_share=0.0)
-    params, _ = twin_from_intervals(base["RR"], base["PR"], base["QRS"], base["QT"])
-    iv = np.asarray(jax.jit(jax.vmap(kernel_intervals))(params.ecg, params.heart_rate))
-    sim = {"RR": iv[:, 0], "PR": iv[:, 1], "QRS": iv[:, 2],
-           "QTcF": iv[:, 3] / np.cbrt(iv[:, 0] / 1000.0)}
-    return pd.DataFrame([{"interval": k, "study_mean": float(study[k].mean()),
-                          "study_sd": float(study[k].std(ddof=1)),
-                          "virtual_mean": float(v.mean()), "virtual_sd": float(v.std(ddof=1)),
-                          "n_study": int(study[k].notna().sum()), "n_virtual": int(n)}
-                         for k, v in sim.items()])
-
-
-def plot_time_courses(targets: xr.Dataset, sim: xr.Dataset, path, *, title: str = ""):
-    """Figure: per drug (rows) and endpoint (columns) the observed mean with its confidence
-    band and the simulated mean with the 90% band of study-sized cohort means."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    drugs = list(sim.drug.values)
-    eps = list(sim.endpoint.values)
-    fig, axes = plt.subplots(len(drugs), len(eps), figsize=(3.2 * len(eps), 2.4 * len(drugs)),
-                             squeeze=False, sharex=True)
-    t = targets.time.values
-    units = {"QTcF": "ms", "PR": "ms", "QRS": "ms", "HR": "bpm"}
-    for i, d in enumerate(drugs):
-        for j, e in enumerate(eps):
-            ax = axes[i, j]
-            o = targets.dd_mean.sel(drug=d, endpoint=e).values
-            ax.fill_between(t, targets.dd_lo.sel(drug=d, endpoint=e).values,
-                            targets.dd_hi.sel(drug=d, endpoint=e).values, color="C0",
-                            alpha=0.25, label=f"observed {int(targets.level * 100)}% CI")
-            ax.plot(t, o, "o-", color="C0", ms=3, label="observed mean")
-            m = sim.sim_mean.sel(drug=d, endpoint=e).values
-            n = max(int(np.nanmax(targets.dd_n.sel(drug=d, endpoint=e).values)), 1)
-            half = 1.645 * sim.sim_sd.sel(drug=d, endpoint=e).values / np.sqrt(n)
-            ax.fill_between(t, m - half, m + half, color="C3", alpha=0.2,
-                            label="simulated 90% band (n=study)")
-            ax.plot(t, m, "-", color="C3", lw=1.5, label="simulated mean (study's subjects)")
-            if "sim_mean_population" in sim:
-                ax.plot(t, sim.sim_mean_population.sel(drug=d, endpoint=e).values, "--",
-                        color="C3", lw=0.8, label="simulated mean (population)")
-            ax.axhline(0, color="k", lw=0.5)
-            if i == 0:
-                ax.set_title(f"dd{e} ({units.get(e, '')})")
-            if j == 0:
-                ax.set_ylabel(d)
-            if i == len(drugs) - 1:
-                ax.set_xlabel("hours after dose")
-    axes[0, 0].legend(fontsize=6, loc="upper right")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _rtm_table(targets: xr.Dataset) -> pd.DataFrame:
-    rows = []
-    for e in targets.endpoint.values:
-        lam = float(targets.rtm_slope.sel(endpoint=e))
-        row = {"endpoint": str(e), "lambda": lam,
-               "lambda_se": float(targets.rtm_slope_se.sel(endpoint=e))}
-        for d in targets.drug.values:
-            row[f"dB {d}"] = float(targets.base_diff.sel(drug=d, endpoint=e))
-            row[f"dd_rtm {d}"] = float(targets.dd_rtm.sel(drug=d, endpoint=e))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _with_population(cov: pd.DataFrame, pop: pd.DataFrame) -> pd.DataFrame:
-    out = cov.copy()
-    out["inside_band_population"] = pop["inside_band"].to_numpy()
-    out["rmse_population"] = pop["rmse"].to_numpy()
-    return out[["drug", "endpoint", "inside_band", "rmse", "inside_band_population",
-                "rmse_population", "n_times"]]
-
-
-def _md_table(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v)
-                                         for v in r.values) + " |")
-    return "\n".join(lines)
-
-
-def write_report(cal: Calibration, targets: xr.Dataset, out_dir, *, table=None,
-                 lodo: bool = True, kernel: bool = True, n_rep: int = 8,
-                 lodo_max_nfev: int = 200) -> dict:
-    """Calibration report: coverage/RMSE tables (effect space and, when the kernel's
-    reference fiducials are importable, re-measured on the kernel), the time-course figure
-    and the leave-one-drug-out table. Returns the summary dict also written as JSON."""
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"provenance": cal.provenance, "effect_map": cal.emap.to_dict(),
-                     "variability": cal.variability.to_dict()}
-    eff = predicted_time_courses(cal, targets)
-    cov_eff = coverage_table(eff.sim_mean, targets)
-    cov_pop = coverage_table(eff.sim_mean_population, targets)
-    summary["effect_space"] = cov_eff.to_dict(orient="records")
-    summary["effect_space_population"] = cov_pop.to_dict(orient="records")
-    rtm = _rtm_table(targets)
-    summary["regression_to_the_mean"] = rtm.to_dict(orient="records")
-    md = ["# Calibration of the ECG world model's pharmacology against SCR-002 (ECGRDVQ)", "",
-          f"Subjects read from the table: {targets.attrs['subjects']}", "",
-          "Targets: placebo-corrected change from baseline (ddX), mean and t-based "
-          f"{int(targets.level * 100)}% confidence band over subjects; simulated means from "
-          "the calibrated shared map (no per-drug ECG parameter).", "",
-          "## Regression to the mean of the period baselines", "",
-          "Every change is taken from one pre-dose time point per period, so a period whose "
-          "baseline happened to be high shows a negative change all day. `lambda` is the slope "
-          "of the change on the period baseline's deviation from the subject's mean over "
-          "periods (analysis of covariance with drug x time fixed effects, SE clustered by "
-          "subject; `ecg_world.ecgrdvq.baseline_regression`). `dB` is the mean over subjects of "
-          "the drug period's baseline minus the placebo period's; the expected ddX of these "
-          "subjects carries `-lambda * dB` (`dd_rtm`). `inside_band` below compares the "
-          "observed bands with the simulated drug effect plus `dd_rtm` (these subjects); the "
-          "population column is the drug effect alone.", "", _md_table(rtm), "",
-          "## Effect space (fractional changes x cohort baseline)", "",
-          _md_table(_with_population(cov_eff, cov_pop)), ""]
-    sim_for_fig = eff
-    if kernel and table is not None:
-        bchk = baseline_check(cal, table)
-        summary["baseline_distribution"] = bchk.to_dict(orient="records")
-        md += ["## Baseline distributions (study subjects vs virtual patients on the kernel)",
-               "", "Virtual patients drawn from the calibrated baseline distribution (no "
-               "long-QT share), fitted as twins and re-measured with the kernel's reference "
-               "fiducials (ms).", "", _md_table(bchk), ""]
-        try:
-            ker = simulate_study_kernel(cal, table, n_rep=n_rep, targets=targets)
-        except ImportError as err:  # kernel fiducials not available
-            md += [f"Kernel re-measurement skipped: {err}", ""]
-        else:
-            cov_k = coverage_table(ker.sim_mean, targets)
-            cov_kp = coverage_table(ker.sim_mean_population, targets)
-            summary["kernel"] = cov_k.to_dict(orient="records")
-            summary["kernel_population"] = cov_kp.to_dict(orient="records")
-            md += ["## McSharry kernel (twins of the table's subjects, reference fiducials)", "",
-                   f"{ker.attrs['n_subjects']} twins x {ker.attrs['n_rep']} random-effect "
-                   "draws; intervals re-measured on the kernel.", "",
-                   _md_table(_with_population(cov_k, cov_kp)), ""]
-            sim_for_fig = ker
-    plot_time_courses(targets, sim_for_fig, out_dir / "calibration_time_courses.png",
-                      title="SCR-002: observed vs simulated placebo-corrected changes")
-    nc = xr.Dataset(
-        {"obs_mean": targets.dd_mean, "obs_lo": targets.dd_lo, "obs_hi": targets.dd_hi,
-         "obs_n": targets.dd_n, "sim_mean": sim_for_fig.sim_mean,
-         "sim_mean_population": sim_for_fig.sim_mean_population,
-         "sim_sd": sim_for_fig.sim_sd, "effect_space_mean": eff.sim_mean,
-         "dd_rtm": targets.dd_rtm, "rtm_slope": targets.rtm_slope},
-        attrs={"title": "SCR-002 placebo-corrected changes: observed vs simulated",
-               "units": "ms (QTcF, PR, QRS), bpm (HR); time in h after dose",
-               "confidence_level": float(targets.level),
-               "simulation": "kernel" if sim_for_fig is not eff else "effect space",
-               "provenance": json.dumps(cal.provenance)})
-    nc.to_netcdf(out_dir / "calibration_time_courses.nc", engine="h5netcdf")
-    md += ["![time courses](calibration_time_courses.png)", ""]
-    if lodo and table is not None:
-        # each fold starts from the default map, not from the all-drug fit (no leakage)
-        lodo_df, maps = leave_one_drug_out(table, library=default_library(),
-                                           max_nfev=lodo_max_nfev)
-        summary["leave_one_drug_out"] = lodo_df.to_dict(orient="records")
-        md += ["## Leave-one-drug-out (calibrate on the others, predict the held-out drug)", "",
-               "The held-out drug's PK comes from its own concentrations; its effect-site "
-               "rate and unbound fraction stay at the drugs.json values (they are only fitted "
-               "with ECG data). Reported as it is.", "",
-               _md_table(lodo_df[["held_out", "endpoint", "inside_band", "rmse"]]), ""]
-    md += ["## Calibrated parameters", "", "```json",
-           json.dumps({"effect_map": cal.emap.to_dict(),
-                       "variability": cal.variability.to_dict(), "pk": cal.pk}, indent=1),
-           "```", ""]
-    (out_dir / "calibration_report.md").write_text("\n".join(md))
-    (out_dir / "calibration_summary.json").write_text(json.dumps(summary, indent=1,
-                                                                 default=str))
-    return summary

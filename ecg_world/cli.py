@@ -16,6 +16,12 @@ import argparse
 import pathlib
 import sys
 
+from . import cohort
+from .calibrated import Calibration, default_calibration
+from .calibration import calibrate
+from .calibration_report import write_report
+from .drugs import load_drugs
+
 
 def _add_synth(sub):
     p = sub.add_parser("synth", help="synthesize a virtual cohort to netCDF")
@@ -32,20 +38,31 @@ def _add_synth(sub):
     p.add_argument("--noise-mv", type=float, default=0.02)
     p.add_argument("--calibration", type=pathlib.Path, default=None,
                    help="calibrated.json (default: the package's)")
+    p.add_argument("--drugs-file", type=pathlib.Path, nargs="+", default=None,
+                   help="drug definitions (JSON, the schema of ecg_world/data/drugs.json) "
+                        "added to the package's drugs; use --drugs to pick them")
+    p.add_argument("--dose-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="dose multipliers of the study dose, log-uniform (default: 0.25 1.0, "
+                        "inside the calibrated exposure range)")
 
 
 def _run_synth(args) -> int:
-    from .calibration import Calibration
-    from .cohort import DEFAULT_TIMES_H, synthesize, write_cohort
-
-    cal = Calibration.from_json(args.calibration) if args.calibration else None
-    ds = synthesize(args.n_patients, seed=args.seed, times_h=args.times or DEFAULT_TIMES_H,
-                    drugs=args.drugs, sampling_rate=args.sampling_rate,
-                    duration_s=args.duration, leads=args.leads,
-                    long_qt_share=args.long_qt_share, noise_mv=args.noise_mv, calibration=cal)
-    path = write_cohort(ds, args.out)
+    library = load_drugs(*args.drugs_file) if args.drugs_file else None
+    cal = (Calibration.from_json(args.calibration, library=library) if args.calibration
+           else default_calibration())
+    if library is not None and not args.calibration:
+        cal = cal.with_library(library)
+    ds = cohort.synthesize(
+        args.n_patients, seed=args.seed, times_h=args.times or cohort.DEFAULT_TIMES_H,
+        drugs=args.drugs, sampling_rate=args.sampling_rate, duration_s=args.duration,
+        leads=args.leads, long_qt_share=args.long_qt_share, noise_mv=args.noise_mv,
+        calibration=cal, dose_range=tuple(args.dose_range or cohort.DEFAULT_DOSE_RANGE))
+    path = cohort.write_cohort(ds, args.out)
+    report = path.with_suffix(".plausibility.md")
+    report.write_text(cohort.plausibility_markdown(cohort.plausibility_report(ds)))
     risk = float(ds.torsade_risk.mean())
-    print(f"wrote {path}: {dict(ds.sizes)}; share of cells with torsade risk label {risk:.3f}")
+    print(f"wrote {path}: {dict(ds.sizes)}; share of cells with torsade risk label {risk:.3f}; "
+          f"flagged cells {cohort.flagged_share(ds):.3f}; plausibility report {report}")
     return 0
 
 
@@ -64,14 +81,10 @@ def _add_calibrate(sub):
 
 
 def _run_calibrate(args) -> int:
-    from .calibration import calibrate
-
     cal, targets = calibrate(args.table)
     path = cal.to_json(args.out)
     print(f"wrote {path}")
     if args.report:
-        from .calibration import write_report
-
         write_report(cal, targets, args.report, table=args.table, lodo=not args.no_lodo)
         print(f"report in {args.report}")
     return 0

@@ -32,25 +32,25 @@ mains interference (50 Hz, 0.01 mV), independently per lead.
 from __future__ import annotations
 
 import json
-import pathlib
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import xarray as xr
 
+from leads_jax.physics.ecg_fiducials import qt_from_qtc_fridericia
+from leads_jax.physics.mcsharry import MULTILEAD_GAMMA, McSharryECG, ecg_waveform
+
 from .actions import Action
-from .calibration import Calibration, default_calibration
+from .batch import INTERVAL_VARIABLES, RISK_LABELS, SPLITS, ECGBatch, RiskLabels
+from .batch import read_cohort as read_cohort
+from .batch import write_cohort as write_cohort
+from .calibrated import Calibration, default_calibration
 from .drugs import TARGETS, dose_to_mg
-from .pharmacology import (
-    PatientParams,
-    Pharmacology,
-    apply_action,
-    channel_block,
-    concentrations,
-)
-from .twin import INTERVAL_RANGES, kernel_intervals, twin_from_intervals
+from .pharmacology import PatientParams, apply_action, channel_block, concentrations
+from .twin import INTERVAL_RANGES, patient_intervals, twin_from_intervals
 
 DEFAULT_TIMES_H = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 24.0)
 DEFAULT_LEADS = ("I", "II", "V2")
@@ -74,7 +74,7 @@ def sample_baselines(cal: Calibration, n: int, *, rng: np.random.Generator,
     pr, qrs, qtcf = x[:, 1], x[:, 2], x[:, 3]
     long_qt = rng.random(n) < long_qt_share
     qtcf = qtcf + long_qt * rng.uniform(*LONG_QT_SHIFT_MS, size=n)
-    qt = qtcf * np.cbrt(rr / 1000.0)
+    qt = qt_from_qtc_fridericia(qtcf, rr)
     out = {"RR": rr, "PR": pr, "QRS": qrs, "QT": qt}
     for k, (lo, hi) in INTERVAL_RANGES.items():
         out[k] = np.clip(out[k], lo * 1.05, hi * 0.95)
@@ -83,8 +83,6 @@ def sample_baselines(cal: Calibration, n: int, *, rng: np.random.Generator,
 
 def _gain_mv(base_model, sampling_rate: float | int) -> float:
     """Model-units -> mV gain: the default beat at 60 bpm min-max to 1.6 mV (ECGSYN span)."""
-    from leads_jax.physics.mcsharry import ecg_waveform
-
     z = np.asarray(ecg_waveform(base_model, heart_rate=60.0, n_samples=int(3 * sampling_rate),
                                 sampling_rate=sampling_rate, hr_scaling="physiological"))
     z = z[int(sampling_rate):]
@@ -92,8 +90,6 @@ def _gain_mv(base_model, sampling_rate: float | int) -> float:
 
 
 def _render_fn(n_samples: int, sampling_rate: float | int, gamma: np.ndarray):
-    from leads_jax.physics.mcsharry import McSharryECG, ecg_waveform
-
     gamma = jnp.asarray(gamma, jnp.float32)
 
     # the z equation relaxes with a 1 s time constant from its start value: integrate a
@@ -132,7 +128,42 @@ def _noise(rng: np.random.Generator, shape, sampling_rate, noise_mv):
     return white + wander + mains.astype(np.float32)
 
 
-def synthesize(
+def _f32(x):
+    return jnp.asarray(x, jnp.float32)
+
+
+def calibrated_block_range(cal: Calibration, *, times_h=None, z: float = 1.645) -> np.ndarray:
+    """Per target (:data:`ecg_world.drugs.TARGETS`), the largest effect-site block that the
+    calibration's drugs reach in the study it was fitted on: each drug at its study dose over
+    0-24 h, at a high exposure (``z`` SDs of the between-subject exposure variability,
+    default the 95th percentile). The shared map is supported by data up to these blocks; a
+    cohort cell beyond any of them is flagged ``extrapolated``."""
+    lib = cal.library
+    drugs = [d for d in cal.provenance.get("calibration_drugs", []) if d in lib]
+    drugs = drugs or [d for d in lib.names if lib[d].standard_dose > 0]
+    t = jnp.asarray(np.linspace(0.0, 24.0, 97) if times_h is None else times_h, jnp.float32)
+    eta = jnp.asarray([z * float(cal.variability.omega_exposure), 0.0, 0.0], jnp.float32)
+    pharm = cal.pharmacology
+
+    def block(d, dose, tt):
+        a = Action(d, dose, tt)
+        _, ce, _ = concentrations(pharm.table, a, eta, pharm.emap.ktol_per_h)
+        return channel_block(pharm.table, d, ce)
+
+    f = jax.jit(jax.vmap(jax.vmap(block, (None, None, 0)), (0, 0, None)))
+    ids = jnp.asarray([lib.index(d) for d in drugs], jnp.int32)
+    doses = jnp.asarray([dose_to_mg(lib[d].standard_dose, lib[d].dose_unit) for d in drugs],
+                        jnp.float32)
+    return np.asarray(f(ids, doses, t)).max(axis=(0, 1))
+
+
+#: default dose multipliers (log-uniform, times each drug's study dose): the study dose and
+#: below, where the calibration has data (with the PK variability on top, a few cells still
+#: reach past the calibrated block range and are flagged ``extrapolated``)
+DEFAULT_DOSE_RANGE = (0.25, 1.0)
+
+
+def synthesize_batch(
     n_patients: int,
     *,
     seed: int = 0,
@@ -142,13 +173,14 @@ def synthesize(
     duration_s: float | int = 10.0,
     leads: Sequence[str] = DEFAULT_LEADS,
     long_qt_share: float | int = 0.15,
-    dose_range: tuple[float, float] = (0.25, 2.0),
+    dose_range: tuple[float, float] = DEFAULT_DOSE_RANGE,
     noise_mv: float | int = 0.02,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     calibration: Calibration | None = None,
     batch_size: int = 8,
-) -> xr.Dataset:
-    """Synthesize a cohort (see the module docstring for the contents)."""
+) -> ECGBatch:
+    """Synthesize a cohort as an :class:`~ecg_world.batch.ECGBatch` (see the module
+    docstring; :func:`synthesize` returns the same as an ``xarray.Dataset``)."""
     if int(n_patients) < 1:
         raise ValueError(f"n_patients must be >= 1 (got {n_patients})")
     times_h = np.asarray(times_h, float)
@@ -157,14 +189,17 @@ def synthesize(
     if not (sampling_rate > 0 and duration_s > 0):
         raise ValueError("sampling_rate and duration_s must be > 0")
     lo, hi = dose_range
-    if not (0 <= lo <= hi):
+    if not (0 <= lo <= hi and np.isfinite(hi)):
         raise ValueError(f"dose_range must satisfy 0 <= low <= high (got {dose_range})")
     if not 0.0 <= long_qt_share <= 1.0:
         raise ValueError(f"long_qt_share must lie in [0, 1] (got {long_qt_share})")
     unknown_leads = [ld for ld in leads if ld not in _LEAD_INDEX]
     if unknown_leads:
         raise ValueError(f"unknown leads {unknown_leads}; valid: {list(_LEAD_INDEX)}")
-    from leads_jax.physics.mcsharry import MULTILEAD_GAMMA, McSharryECG
+    if len(split_fractions) != 3 or min(split_fractions) < 0 or not np.isclose(
+            sum(split_fractions), 1.0):
+        raise ValueError(f"split_fractions must be 3 shares >= 0 summing to 1 "
+                         f"(got {split_fractions})")
 
     cal = calibration or default_calibration()
     lib = cal.library
@@ -188,11 +223,16 @@ def synthesize(
                               size=(n, len(drugs))))
     if lo == 0:
         mult = rng.uniform(lo, hi, size=(n, len(drugs)))
-    dose_mg = (std_mg[None, :] * mult).astype(np.float32)
     if "placebo" in drugs:
         mult[:, drugs.index("placebo")] = 0.0
+    dose_mg = (std_mg[None, :] * mult).astype(np.float32)
+    # every dose must be a plausible dose of its drug (dose_range of its entry)
+    for j, d in enumerate(drugs):
+        lib[d].check_dose(float(dose_mg[:, j].max()), "mg")
+        if dose_mg[:, j].min() > 0:
+            lib[d].check_dose(float(dose_mg[:, j].min()), "mg")
 
-    pharm = Pharmacology(lib.table(), cal.emap, cal.diurnal)
+    pharm = cal.pharmacology
     gamma = MULTILEAD_GAMMA[[_LEAD_INDEX[ld] for ld in leads]]
     n_samples = int(round(duration_s * sampling_rate))
     gain = _gain_mv(McSharryECG.default(), sampling_rate)
@@ -208,16 +248,16 @@ def synthesize(
     cell_t = times_h[ti_].astype(np.float32)
 
     @jax.jit
-    def stage_params(p: PatientParams, d, dose, t):
+    def stage_params(p: PatientParams, d, dose, t, pharm):
         def one(p1, d1, dose1, t1):
-            a = Action(d1, dose1, t1)
+            a = Action(d1, dose1, t1, lib)
             q = apply_action(p1, a, None, pharm)
             c, ce, _ = concentrations(pharm.table, a, p1.eta_pk, pharm.emap.ktol_per_h)
             return q, c, channel_block(pharm.table, d1, ce)
 
         return jax.vmap(one)(p, d, dose, t)
 
-    stage_iv = jax.jit(jax.vmap(kernel_intervals))
+    stage_iv = jax.jit(jax.vmap(patient_intervals))
     stage_wave = jax.jit(jax.vmap(render))
     chunk = int(batch_size) * na * nt
     n_cells = pi.size
@@ -227,122 +267,145 @@ def synthesize(
         idx = np.where(idx < n_cells, idx, n_cells - 1)  # pad with the last cell
         p = jax.tree_util.tree_map(lambda x, idx=idx: x[pi[idx]], params)
         q, c, blk = stage_params(p, jnp.asarray(cell_drug[idx]), jnp.asarray(cell_dose[idx]),
-                                 jnp.asarray(cell_t[idx]))
-        iv = stage_iv(q.ecg, q.heart_rate)
+                                 jnp.asarray(cell_t[idx]), pharm)
+        iv = stage_iv(q)
         wave = stage_wave(q.ecg.ti, q.ecg.ai, q.ecg.bi, q.heart_rate) * gain
         keep = min(chunk, n_cells - s)
-        outs.append([np.asarray(x)[:keep] for x in (iv, wave, c, blk, q.ecg.ti, q.ecg.ai,
-                                                    q.ecg.bi, q.heart_rate)])
+        outs.append(jax.tree_util.tree_map(
+            lambda x, keep=keep: np.asarray(x)[:keep],
+            (iv, wave, c, blk, q.ecg.ti, q.ecg.ai, q.ecg.bi, q.valid)))
     shape = (n, na, nt)
-    iv, wave, conc, blk, ti, ai, bi, hr = (
-        np.concatenate([o[i] for o in outs]).reshape(shape + outs[0][i].shape[1:])
-        for i in range(8))
-    base_iv = np.asarray(stage_iv(params.ecg, params.heart_rate))
+    iv, wave, conc, blk, ti, ai, bi, valid = jax.tree_util.tree_map(
+        lambda *xs: np.concatenate(xs).reshape(shape + xs[0].shape[1:]), *outs)
+    base_iv = jax.tree_util.tree_map(np.asarray, stage_iv(params))
+    # baseline segments (pre-dose, no drug): the same compiled renderer, padded to a chunk
+    base_wave = []
+    for s in range(0, n, chunk):
+        idx = np.minimum(np.arange(s, s + chunk), n - 1)
+        w = stage_wave(params.ecg.ti[idx], params.ecg.ai[idx], params.ecg.bi[idx],
+                       params.heart_rate[idx]) * gain
+        base_wave.append(np.asarray(w)[:min(chunk, n - s)])
+    base_wave = np.concatenate(base_wave)
     wave = wave + _noise(rng, wave.shape, sampling_rate, noise_mv)
+    split_perm = rng.permutation(n)
+    base_wave = base_wave + _noise(rng, base_wave.shape, sampling_rate, noise_mv)
 
-    rr, pr, qrs, qt = (iv[..., i] for i in range(4))
-    qtcf = qt / np.cbrt(rr / 1000.0)
-    qtcb = qt / np.sqrt(rr / 1000.0)
-    b_rr, b_pr, b_qrs, b_qt = (base_iv[:, i] for i in range(4))
-    b_qtcf = b_qt / np.cbrt(b_rr / 1000.0)
-    dqtcf = qtcf - b_qtcf[:, None, None]
-    hr_bpm = 60000.0 / rr
-    perm = rng.permutation(n)
+    dqtcf = iv.qtcf - base_iv.qtcf[:, None, None]
     n_tr = int(round(split_fractions[0] * n))
     n_va = int(round(split_fractions[1] * n))
-    split = np.empty(n, dtype=object)
-    split[perm[:n_tr]] = "train"
-    split[perm[n_tr:n_tr + n_va]] = "val"
-    split[perm[n_tr + n_va:]] = "test"
-    cell = ("patient", "action", "time_after_dose")
-    ds = xr.Dataset(
-        {
-            "ecg": (cell + ("lead", "time"), wave.astype(np.float32), {"units": "mV"}),
-            "RR": (cell, rr, {"units": "ms"}),
-            "PR": (cell, pr, {"units": "ms"}),
-            "QRS": (cell, qrs, {"units": "ms"}),
-            "QT": (cell, qt, {"units": "ms"}),
-            "QTcF": (cell, qtcf, {"units": "ms"}),
-            "QTcB": (cell, qtcb, {"units": "ms"}),
-            "heart_rate": (cell, hr_bpm, {"units": "bpm"}),
-            "dQTcF": (cell, dqtcf, {"units": "ms", "long_name": "QTcF minus baseline QTcF"}),
-            "conc_ng_ml": (cell, conc, {"units": "ng/mL", "long_name": "total plasma"}),
-            "block": (cell + ("target",), blk, {"units": "1"}),
-            "ti": (cell + ("wave",), ti, {"units": "rad"}),
-            "ai": (cell + ("wave",), ai),
-            "bi": (cell + ("wave",), bi, {"units": "rad"}),
-            "baseline_RR": ("patient", b_rr, {"units": "ms"}),
-            "baseline_PR": ("patient", b_pr, {"units": "ms"}),
-            "baseline_QRS": ("patient", b_qrs, {"units": "ms"}),
-            "baseline_QT": ("patient", b_qt, {"units": "ms"}),
-            "baseline_QTcF": ("patient", b_qtcf, {"units": "ms"}),
-            "long_qt": ("patient", long_qt),
-            "split": ("patient", split.astype(str)),
-            "dose_mg": (("patient", "action"), dose_mg, {"units": "mg"}),
-            "dose_multiplier": (("patient", "action"), mult.astype(np.float32)),
-            "eta_pk": (("patient", "eta"), np.asarray(eta_pk)),
-            "eta_pd": ("patient", np.asarray(eta_pd)),
-            "qtcf_ge_500": (cell, qtcf >= 500.0),
-            "dqtcf_ge_60": (cell, dqtcf >= 60.0),
-            "torsade_risk": (cell, (qtcf >= 500.0) | (dqtcf >= 60.0)),
-            "qtcf_gt_450": (cell, qtcf > 450.0),
-            "qtcf_gt_480": (cell, qtcf > 480.0),
-            "dqtcf_gt_30": (cell, dqtcf > 30.0),
-            "pr_gt_200": (cell, pr > 200.0),
-            "qrs_ge_120": (cell, qrs >= 120.0),
-            "hr_lt_50": (cell, hr_bpm < 50.0),
-            "hr_gt_100": (cell, hr_bpm > 100.0),
-        },
-        coords={
-            "patient": np.arange(n),
-            "action": drugs,
-            "time_after_dose": ("time_after_dose", times_h, {"units": "h"}),
-            "lead": list(leads),
-            "time": ("time", np.arange(n_samples) / sampling_rate, {"units": "s"}),
-            "target": list(TARGETS),
-            "wave": ["P", "Q", "R", "S", "T"],
-            "eta": ["exposure", "ke", "ka"],
-        },
-        attrs={
-            "title": "ecg_world synthetic cohort (McSharry kernel, calibrated pharmacology)",
-            "sampling_rate_hz": float(sampling_rate),
-            "duration_s": float(duration_s),
-            "first_r_peak_s": FIRST_R_PEAK_S,
-            "seed": int(seed),
-            "long_qt_share": float(long_qt_share),
-            "dose_range": list(map(float, dose_range)),
-            "noise": f"white {noise_mv} mV SD + baseline wander (2 sinusoids 0.1-0.4 Hz, "
-                     "<= 0.05 mV each) + 50 Hz mains 0.01 mV",
-            "intervals": "exact, from the kernel's reference fiducials of the noise-free beat "
-                         "(leads_jax.physics.ecg_fiducials.reference_intervals, "
-                         "hr_scaling='physiological')",
-            "hr_scaling": "physiological",
-            "calibration": json.dumps(cal.provenance),
-            "risk_labels": "qtcf_ge_500, dqtcf_ge_60, torsade_risk = either; qtcf_gt_450, "
-                           "qtcf_gt_480, dqtcf_gt_30 (ICH E14 bins); pr_gt_200; qrs_ge_120; "
-                           "hr_lt_50; hr_gt_100",
-        },
-    )
+    split = np.empty(n, np.int32)
+    split[split_perm[:n_tr]] = SPLITS.index("train")
+    split[split_perm[n_tr:n_tr + n_va]] = SPLITS.index("val")
+    split[split_perm[n_tr + n_va:]] = SPLITS.index("test")
+    block_max = calibrated_block_range(cal)
+    extrapolated = np.any(blk > block_max * 1.05 + 1e-4, axis=-1)
+    f32 = _f32
+    ivj = jax.tree_util.tree_map(f32, iv)
+    attrs = {
+        "title": "ecg_world synthetic cohort (McSharry kernel, calibrated pharmacology)",
+        "duration_s": float(duration_s),
+        "first_r_peak_s": FIRST_R_PEAK_S,
+        "seed": int(seed),
+        "long_qt_share": float(long_qt_share),
+        "dose_range": list(map(float, dose_range)),
+        "noise": f"white {noise_mv} mV SD + baseline wander (2 sinusoids 0.1-0.4 Hz, "
+                 "<= 0.05 mV each) + 50 Hz mains 0.01 mV",
+        "intervals": "exact, from the kernel's reference fiducials of the noise-free beat "
+                     "(leads_jax.physics.ecg_fiducials.reference_intervals, "
+                     "hr_scaling='physiological')",
+        "hr_scaling": "physiological",
+        "calibration": json.dumps(cal.provenance),
+        "calibrated_block_max": json.dumps(dict(zip(TARGETS, map(float, block_max),
+                                                    strict=True))),
+        "risk_labels": "qtcf_ge_500, dqtcf_ge_60, torsade_risk = either; qtcf_gt_450, "
+                       "qtcf_gt_480, dqtcf_gt_30 (ICH E14 bins); pr_gt_200; qrs_ge_120; "
+                       "hr_lt_50; hr_gt_100",
+        "flags": "valid (action valid; else NaN data), plausible (every interval inside the "
+                 "physiological ranges of ecg_world.batch.PLAUSIBLE_RANGES), extrapolated "
+                 "(effect-site block beyond the calibrated block range, "
+                 "attrs calibrated_block_max, by more than 5%)",
+    }
+    return ECGBatch(
+        signals=jnp.asarray(wave, jnp.float32), baseline_signals=jnp.asarray(base_wave),
+        intervals=ivj, baseline_intervals=jax.tree_util.tree_map(f32, base_iv),
+        dqtcf=f32(dqtcf), labels=RiskLabels.from_intervals(ivj, f32(dqtcf)),
+        drug=jnp.asarray(np.broadcast_to(drug_ids[None, :, None], shape), jnp.int32),
+        dose_mg=jnp.asarray(np.broadcast_to(dose_mg[:, :, None], shape), jnp.float32),
+        time_h=jnp.asarray(np.broadcast_to(times_h[None, None, :], shape), jnp.float32),
+        dose_multiplier=f32(mult), conc_ng_ml=f32(conc), block=f32(blk), ti=f32(ti),
+        ai=f32(ai), bi=f32(bi), baseline_ti=f32(params.ecg.ti),
+        baseline_ai=f32(params.ecg.ai), baseline_bi=f32(params.ecg.bi),
+        eta_pk=f32(eta_pk), eta_pd=f32(eta_pd), long_qt=jnp.asarray(long_qt, bool),
+        valid=jnp.asarray(valid, bool), plausible=ivj.plausible(),
+        extrapolated=jnp.asarray(extrapolated, bool), split=jnp.asarray(split),
+        patient_id=jnp.arange(n, dtype=jnp.int32), time_after_dose_h=f32(times_h),
+        sampling_rate_hz=float(sampling_rate), lead_names=tuple(leads),
+        action_names=tuple(drugs), library=lib,
+        attrs_json=json.dumps(attrs, sort_keys=True))
+
+
+def synthesize(n_patients: int, **kwargs) -> xr.Dataset:
+    """Synthesize a cohort (see the module docstring for the contents; keyword arguments as
+    :func:`synthesize_batch`) as an ``xarray.Dataset``, with its plausibility report in
+    ``attrs["plausibility_report"]`` (JSON, :func:`plausibility_report`)."""
+    ds = synthesize_batch(n_patients, **kwargs).to_dataset()
+    ds.attrs["plausibility_report"] = plausibility_report(ds).to_json(orient="records")
     return ds
 
 
-def write_cohort(ds: xr.Dataset, path: str | pathlib.Path) -> pathlib.Path:
-    """Write a cohort to netCDF (h5netcdf); booleans are stored as int8 with a flag attr."""
-    path = pathlib.Path(path)
-    out = ds.copy()
-    for k, v in ds.data_vars.items():
-        if v.dtype == bool:
-            out[k] = v.astype(np.int8)
-            out[k].attrs["boolean"] = 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.to_netcdf(path, engine="h5netcdf")
-    return path
+_REPORT_STATS = ("mean", "sd", "min", "p05", "median", "p95", "max")
 
 
-def read_cohort(path: str | pathlib.Path) -> xr.Dataset:
-    """Read a cohort written by :func:`write_cohort` (int8 flags back to booleans)."""
-    ds = xr.load_dataset(path, engine="h5netcdf")
-    for k, v in ds.data_vars.items():
-        if v.attrs.get("boolean"):
-            ds[k] = v.astype(bool)
-    return ds
+def plausibility_report(ds: xr.Dataset) -> pd.DataFrame:
+    """Per action: the distribution of every interval over all its cells (patients x times;
+    NaN cells excluded, counted in ``n_nan``) and the share of cells with each risk label and
+    each data flag. Columns ``action, variable, kind (interval|label|flag), n, n_nan, mean,
+    sd, min, p05, median, p95, max, share``. ``ecg-world synth`` writes it next to every
+    cohort (``<out>.plausibility.md``) and into ``attrs["plausibility_report"]``."""
+    rows = []
+    names = [n for n, _ in INTERVAL_VARIABLES.values()] + ["dQTcF"]
+    for a in ds.action.values:
+        cell = ds.sel(action=a)
+        for v in names:
+            x = np.asarray(cell[v].values, float).ravel()
+            ok = x[np.isfinite(x)]
+            st = (dict(zip(_REPORT_STATS, (ok.mean(), ok.std(ddof=1) if ok.size > 1 else 0.0,
+                                           ok.min(), *np.percentile(ok, [5, 50, 95]),
+                                           ok.max()), strict=True))
+                  if ok.size else dict.fromkeys(_REPORT_STATS, np.nan))
+            rows.append({"action": str(a), "variable": v, "kind": "interval", "n": int(x.size),
+                         "n_nan": int(x.size - ok.size), **st, "share": np.nan})
+        for kind, keys in (("label", list(RISK_LABELS)),
+                           ("flag", ["valid", "plausible", "extrapolated"])):
+            for k in keys:
+                x = np.asarray(cell[k].values, bool).ravel()
+                rows.append({"action": str(a), "variable": k, "kind": kind, "n": int(x.size),
+                             "n_nan": 0, **dict.fromkeys(_REPORT_STATS, np.nan),
+                             "share": float(x.mean())})
+    return pd.DataFrame(rows)
+
+
+def flagged_share(ds: xr.Dataset) -> float:
+    """Share of cells flagged as data: invalid, implausible or extrapolated."""
+    flagged = (~ds.valid) | (~ds.plausible) | ds.extrapolated
+    return float(flagged.mean())
+
+
+def plausibility_markdown(report: pd.DataFrame) -> str:
+    """The plausibility report as markdown tables (intervals, then labels and flags)."""
+    iv = report[report.kind == "interval"]
+    lines = ["# Cohort plausibility report", "",
+             "Per action, the distribution of every interval (ms; heart_rate in bpm) over "
+             "its cells, and the share of cells with each risk label and data flag.", "",
+             "| action | variable | n | n_nan | " + " | ".join(_REPORT_STATS) + " |",
+             "|" + "---|" * (4 + len(_REPORT_STATS))]
+    for _, r in iv.iterrows():
+        lines.append(f"| {r.action} | {r.variable} | {r.n} | {r.n_nan} | "
+                     + " | ".join(f"{r[k]:.1f}" for k in _REPORT_STATS) + " |")
+    sh = report[report.kind != "interval"].pivot(index="variable", columns="action",
+                                                 values="share")
+    lines += ["", "| share of cells | " + " | ".join(sh.columns) + " |",
+              "|" + "---|" * (1 + len(sh.columns))]
+    for k, r in sh.iterrows():
+        lines.append(f"| {k} | " + " | ".join(f"{x:.3f}" for x in r.values) + " |")
+    return "\n".join(lines) + "\n"

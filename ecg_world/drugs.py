@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
@@ -101,6 +102,36 @@ class Drug:
     torsade_risk: str = "unknown"
     sources: tuple[str, ...] = ()
     unbound_fraction_range: tuple[float, float] | None = None
+    dose_range: tuple[float, float] | None = None
+
+    @property
+    def plausible_dose_range(self) -> tuple[float, float]:
+        """(low, high) plausible single oral dose in :attr:`dose_unit`: ``dose_range`` from
+        the JSON entry, else ``(standard_dose / 20, 10 * standard_dose)``. A dose of exactly 0
+        (no drug) is always accepted."""
+        if self.dose_range is not None:
+            return self.dose_range
+        return (self.standard_dose / 20.0, 10.0 * self.standard_dose)
+
+    def check_dose(self, dose: float | int, unit: str) -> float:
+        """The dose in mg, or a ``ValueError`` naming the plausible range and the likely unit
+        slip when ``dose unit`` lies outside :attr:`plausible_dose_range`."""
+        mg = dose_to_mg(dose, unit)
+        if mg == 0.0:
+            return mg
+        lo, hi = self.plausible_dose_range
+        lo_mg, hi_mg = dose_to_mg(lo, self.dose_unit), dose_to_mg(hi, self.dose_unit)
+        if lo_mg * (1 - 1e-9) <= mg <= hi_mg * (1 + 1e-9):
+            return mg
+        hint = ""
+        for u in ("g", "mg", "ug"):
+            alt = dose_to_mg(dose, u)
+            if u != unit and lo_mg <= alt <= hi_mg:
+                hint = f"; did you mean {dose:g} {u}?"
+                break
+        raise ValueError(
+            f"{self.name}: dose {dose:g} {unit} ({mg:g} mg) is outside the plausible range "
+            f"{lo:g}-{hi:g} {self.dose_unit} of the drug's entry (dose_range){hint}")
 
     @classmethod
     def from_dict(cls, name: str, d: Mapping) -> Drug:
@@ -127,6 +158,19 @@ class Drug:
         for k in ("ka_per_h", "ke_per_h", "v_over_f_l", "ke0_per_h"):
             if not float(pk[k]) > 0:
                 raise ValueError(f"drug {name!r}: pk.{k} must be > 0")
+        if not (np.isfinite(float(d["standard_dose"])) and float(d["standard_dose"]) >= 0):
+            raise ValueError(f"drug {name!r}: standard_dose must be finite and >= 0")
+        dose_range = None
+        if d.get("dose_range") is not None:
+            r = [float(x) for x in d["dose_range"]]
+            if len(r) != 2 or not (0 <= r[0] <= r[1]) or not np.all(np.isfinite(r)):
+                raise ValueError(f"drug {name!r}: dose_range must be [low, high] with "
+                                 f"0 <= low <= high, in dose_unit (got {d['dose_range']})")
+            sd = float(d["standard_dose"])
+            if sd > 0 and not r[0] <= sd <= r[1]:
+                raise ValueError(f"drug {name!r}: standard_dose {sd:g} lies outside its "
+                                 f"dose_range {r}")
+            dose_range = (r[0], r[1])
         potency = {t: Potency(**p) for t, p in d["potency"].items()}
         for t, p in potency.items():
             if not (p.ic50_nM > 0 and p.hill > 0):
@@ -147,6 +191,7 @@ class Drug:
             sources=tuple(d.get("sources", ())),
             unbound_fraction_range=(tuple(float(x) for x in d["unbound_fraction_range"])
                                     if d.get("unbound_fraction_range") else None),
+            dose_range=dose_range,
         )
 
     def with_pk(self, **pk) -> Drug:
@@ -179,11 +224,22 @@ class DrugTable(eqx.Module):
     ke0_per_h: Float[Array, " drug"]
     ic50_nM: Float[Array, "drug target"]
     hill: Float[Array, "drug target"]
+    dose_max_mg: Float[Array, " drug"]
     names: tuple[str, ...] = eqx.field(static=True)
 
     @property
     def n_drugs(self) -> int:
         return len(self.names)
+
+    def row(self, field: str, drug) -> Array:
+        """``table.<field>[drug]`` with a NaN sentinel for an id outside the table (never
+        JAX's default clamp to the last row, which would silently give another drug)."""
+        return getattr(self, field).at[drug].get(mode="fill", fill_value=jnp.nan)
+
+    def contains(self, drug) -> Array:
+        """True where ``drug`` is a row of this table."""
+        drug = jnp.asarray(drug)
+        return (drug >= 0) & (drug < self.n_drugs)
 
 
 class DrugLibrary:
@@ -204,6 +260,19 @@ class DrugLibrary:
                 if other is not None and other != drug.name:
                     raise ValueError(f"alias {alias!r} names both {other!r} and {drug.name!r}")
                 self._alias[key] = drug.name
+        self._fingerprint = json.dumps(self.to_json_doc(), sort_keys=True, default=str)
+
+    # A library is a value: equal content, equal library (it is a static field of
+    # jitted pytrees, :class:`~ecg_world.pharmacology.Pharmacology`; content equality keeps
+    # one compilation for equal libraries loaded twice).
+    def __eq__(self, other) -> bool:
+        return isinstance(other, DrugLibrary) and self._fingerprint == other._fingerprint
+
+    def __hash__(self) -> int:
+        return hash(self._fingerprint)
+
+    def __repr__(self) -> str:
+        return f"DrugLibrary({list(self.drugs)})"
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -260,8 +329,22 @@ class DrugLibrary:
             ke0_per_h=col(lambda d: d.pk["ke0_per_h"]),
             ic50_nM=jnp.asarray(ic50, dtype=jnp.float32),
             hill=jnp.asarray(hill, dtype=jnp.float32),
+            dose_max_mg=col(lambda d: dose_to_mg(d.plausible_dose_range[1], d.dose_unit)),
             names=tuple(d.name for d in rows),
         )
+
+    def to_json_doc(self) -> dict:
+        """The library in the schema of ``drugs.json`` (``{"drugs": ..., "references": ...}``);
+        :meth:`from_json_doc` reads it back."""
+        return {"drugs": self.to_dict(), "references": dict(self.references)}
+
+    @classmethod
+    def from_json_doc(cls, doc: Mapping) -> DrugLibrary:
+        """A library from :meth:`to_json_doc`'s output (or a drugs.json document)."""
+        if not isinstance(doc, Mapping) or not isinstance(doc.get("drugs"), Mapping):
+            raise ValueError("a drug library document needs a 'drugs' mapping")
+        return cls([Drug.from_dict(k, v) for k, v in doc["drugs"].items()],
+                   doc.get("references", {}))
 
     def to_dict(self) -> dict:
         out = {}
@@ -271,6 +354,13 @@ class DrugLibrary:
             dd["aliases"] = list(d.aliases)
             dd["sources"] = list(d.sources)
             dd["potency"] = {t: dataclasses.asdict(p) for t, p in d.potency.items()}
+            dd["pk"] = dict(d.pk)
+            if d.unbound_fraction_range is not None:
+                dd["unbound_fraction_range"] = list(d.unbound_fraction_range)
+            if d.dose_range is None:
+                dd.pop("dose_range")
+            else:
+                dd["dose_range"] = list(d.dose_range)
             out[d.name] = dd
         return out
 
@@ -287,8 +377,14 @@ def load_drugs(*paths: str | pathlib.Path, include_default: bool = True) -> Drug
     for f in files:
         if not f.exists():
             raise FileNotFoundError(f"drug file not found: {f}")
-        raw = json.loads(f.read_text())
-        defs.update(raw.get("drugs", raw) if isinstance(raw, dict) else {})
+        try:
+            raw = json.loads(f.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"drug file {f} is not valid JSON: {err}") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("drugs", raw), dict):
+            raise ValueError(f"drug file {f}: expected an object {{name: definition}} or "
+                             "{\"drugs\": {...}, \"references\": {...}}")
+        defs.update(raw.get("drugs", raw))
         refs.update(raw.get("references", {}) if "drugs" in raw else {})
     return DrugLibrary([Drug.from_dict(k, v) for k, v in defs.items()], refs)
 

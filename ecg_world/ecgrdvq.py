@@ -50,6 +50,9 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
+from leads_jax.physics.ecg_fiducials import qtc_bazett as qtc_bazett
+from leads_jax.physics.ecg_fiducials import qtc_fridericia as qtc_fridericia
+
 from .drugs import DrugLibrary, concentration_to_ng_ml, default_library
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("RANDID", "EXTRT", "TPT", "RR", "PR", "QT", "QRS")
@@ -58,16 +61,6 @@ INTERVALS: tuple[str, ...] = ("RR", "PR", "QT", "QRS")
 ENDPOINTS: tuple[str, ...] = ("QTcF", "PR", "QRS", "HR")
 BASELINE_TPT = -0.5
 _WRAP = 2**32
-
-
-def qtc_fridericia(qt_ms, rr_ms):
-    """QTcF = QT / (RR/1000)^(1/3) (ms)."""
-    return qt_ms / np.cbrt(rr_ms / 1000.0)
-
-
-def qtc_bazett(qt_ms, rr_ms):
-    """QTcB = QT / sqrt(RR/1000) (ms)."""
-    return qt_ms / np.sqrt(rr_ms / 1000.0)
 
 
 def read_ecgrdvq(

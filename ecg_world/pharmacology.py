@@ -59,10 +59,13 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+import numpy as np
+from jaxtyping import Array, Bool, Float
 
-from .actions import Action
-from .drugs import TARGETS, DrugTable
+from leads_jax.physics.mcsharry import McSharryECG
+
+from .actions import Action, action_validity
+from .drugs import TARGETS, DrugLibrary, DrugTable, dose_to_mg
 
 N_TARGETS = len(TARGETS)
 _IKR, _INAL, _ICAL, _INA, _ALPHA = range(N_TARGETS)
@@ -166,13 +169,13 @@ def pk_states(
     """PK state ``(R, G, A, Ce, Ct)`` (mg, mg, mg, mg/L, mg/L) of a scalar action at its time."""
     d = action.drug
     eta = jnp.zeros(3) if eta_pk is None else jnp.asarray(eta_pk)
-    kr = table.release_per_h[d]
-    ka = table.ka_per_h[d] * jnp.exp(eta[2])
-    ke = table.ke_per_h[d] * jnp.exp(eta[1])
-    v = table.v_over_f_l[d] * jnp.exp(-eta[0])
-    ke0 = table.ke0_per_h[d]
+    kr = table.row("release_per_h", d)
+    ka = table.row("ka_per_h", d) * jnp.exp(eta[2])
+    ke = table.row("ke_per_h", d) * jnp.exp(eta[1])
+    v = table.row("v_over_f_l", d) * jnp.exp(-eta[0])
+    ke0 = table.row("ke0_per_h", d)
     kt = jnp.asarray(ktol_per_h, jnp.float32)
-    ir = ~jnp.isfinite(kr)
+    ir = jnp.isinf(kr)  # immediate release (NaN, an id outside the table, stays NaN)
     kr_ = jnp.where(ir, 0.0, kr)
     z = jnp.zeros(())
     m = jnp.stack([
@@ -182,9 +185,9 @@ def pk_states(
         jnp.stack([z, z, ke0 / v, -ke0, z]),
         jnp.stack([z, z, kt / v, z, -kt]),
     ])
-    dose = action.dose_mg * table.salt_factor[d]
+    dose = action.dose_mg * table.row("salt_factor", d)
     x0 = dose * jnp.stack([jnp.where(ir, 0.0, 1.0), jnp.where(ir, 1.0, 0.0), z, z, z])
-    te = jnp.maximum(action.time_h - table.tlag_h[d], 0.0)
+    te = jnp.maximum(action.time_h - table.row("tlag_h", d), 0.0)
     x = jax.scipy.linalg.expm(m * te) @ x0
     return x.at[3:].set(jnp.where(x0.sum() > 0, x[3:], 0.0))
 
@@ -192,31 +195,59 @@ def pk_states(
 def concentrations(table: DrugTable, action: Action, eta_pk=None, ktol_per_h=0.5):
     """Total plasma, effect-site and tolerance-site concentrations (ng/mL) of a scalar action."""
     x = pk_states(table, action, eta_pk, ktol_per_h)
-    v = table.v_over_f_l[action.drug] * jnp.exp(
+    v = table.row("v_over_f_l", action.drug) * jnp.exp(
         -(jnp.zeros(3) if eta_pk is None else jnp.asarray(eta_pk))[0])
     return x[2] / v * 1000.0, x[3] * 1000.0, x[4] * 1000.0
 
 
 def free_nM(table: DrugTable, drug, conc_ng_ml):
     """Free (unbound) molar concentration in nM from total ng/mL."""
-    return conc_ng_ml * 1000.0 / table.molecular_weight[drug] * table.unbound_fraction[drug]
+    return (conc_ng_ml * 1000.0 / table.row("molecular_weight", drug)
+            * table.row("unbound_fraction", drug))
 
 
 def channel_block(table: DrugTable, drug, conc_ng_ml) -> Float[Array, " target"]:
     """Fractional block (occupancy) per target (order :data:`~ecg_world.drugs.TARGETS`)."""
     cu = jnp.maximum(free_nM(table, drug, conc_ng_ml), 0.0)
-    ic50 = table.ic50_nM[drug]
-    h = table.hill[drug]
+    ic50 = table.row("ic50_nM", drug)
+    h = table.row("hill", drug)
     # b = x^h / (1 + x^h), x = Cu / IC50, written to stay finite at Cu = 0
     logx = jnp.log(jnp.maximum(cu, 1e-30)) - jnp.log(ic50)
-    return jnp.where(cu > 0, jax.nn.sigmoid(h * logx), 0.0)
+    return jnp.where(jnp.isnan(cu), jnp.nan, jnp.where(cu > 0, jax.nn.sigmoid(h * logx), 0.0))
+
+
+#: bounds (low, high) of the drug's fractional QT, PR and QRS changes (:func:`soft_bound`):
+#: the largest drug-induced changes reported in overdose and in thorough-QT positive
+#: controls are well inside them (QT +60% is a QTc of ~650 ms; PR +50% is ~250 ms, a marked
+#: first-degree AV block; QRS +50% a bundle-branch-like widening), and no interval can turn
+#: negative at any dose. Inside the calibrated range (fractions below ~0.25) the bound
+#: changes the map by less than 0.1% (order 6).
+RESPONSE_BOUNDS: dict[str, tuple[float, float]] = {
+    "qt": (-0.3, 0.6), "pr": (-0.3, 0.5), "qrs": (-0.3, 0.5)}
+_BOUND_ORDER = 6
+
+
+def soft_bound(f, lo: float, hi: float, n: int = _BOUND_ORDER):
+    """Smooth saturation of a fractional change ``f`` to ``(lo, hi)`` (``lo < 0 < hi``):
+    ``F g(|f| / F)`` with ``F = hi`` for ``f > 0`` and ``-lo`` below, ``g(r) = r / (1 +
+    r^n)^(1/n)`` (identity for small ``r``, 1 as ``r -> inf``); written to stay exact for
+    ``f = +-inf``; NaN stays NaN (a flagged invalid action)."""
+    f = jnp.asarray(f)
+    big = jnp.where(f >= 0, hi, -lo)
+    r = jnp.abs(f) / big
+    small = r <= 1.0
+    rs = jnp.where(small, r, 1.0)
+    rl = jnp.where(small, 1.0, r)
+    g = jnp.where(small, rs / (1.0 + rs**n) ** (1.0 / n), 1.0 / (1.0 + rl ** (-n)) ** (1.0 / n))
+    return jnp.sign(f) * big * g
 
 
 def effects_from_block(
     emap: EffectMap, block_e: Float[Array, " target"], block_t: Float[Array, " target"],
     eta_pd=0.0,
 ) -> EcgEffects:
-    """Apply the shared map to effect-site and tolerance-site block."""
+    """Apply the shared map to effect-site and tolerance-site block; the fractional QT, PR
+    and QRS changes are bounded by :data:`RESPONSE_BOUNDS` (:func:`soft_bound`)."""
     b_kr = jnp.minimum(block_e[_IKR], 0.99)
     drive = b_kr / (1.0 - b_kr) - emap.w_inal * block_e[_INAL] - emap.w_ical * block_e[_ICAL]
     qt = emap.qt_gain * drive * jnp.exp(emap.qt_curv * drive) * jnp.exp(eta_pd)
@@ -226,7 +257,9 @@ def effects_from_block(
     vaso_e = block_e[_ICAL] + emap.w_alpha * block_e[_ALPHA]
     vaso_t = block_t[_ICAL] + emap.w_alpha * block_t[_ALPHA]
     hr = emap.hr_gain * (vaso_e - emap.tol * vaso_t)
-    return EcgEffects(qt, pr, qrs, hr)
+    return EcgEffects(soft_bound(qt, *RESPONSE_BOUNDS["qt"]),
+                      soft_bound(pr, *RESPONSE_BOUNDS["pr"]),
+                      soft_bound(qrs, *RESPONSE_BOUNDS["qrs"]), hr)
 
 
 def drug_effects(
@@ -289,42 +322,92 @@ def scale_waves(model, qt_frac, pr_frac, qrs_frac):
     ti1 = ti1.at[..., _P].set(tp).at[..., _T].set(tt)
     bi1 = bi1.at[..., _P].multiply(fp).at[..., _T].multiply(ft)
     ai1 = ai1.at[..., _P].divide(fp**2).at[..., _T].divide(ft**2)
-    from leads_jax.physics.mcsharry import McSharryECG
-
     return McSharryECG(ti1, ai1, bi1)
 
 
 class PatientParams(eqx.Module):
-    """A virtual patient: McSharry waveform parameters (60-bpm beat), heart rate and random
-    effects of the pharmacology (log-normal PK etas and PD sensitivity)."""
+    """A virtual patient: McSharry waveform parameters (60-bpm beat), heart rate, random
+    effects of the pharmacology (log-normal PK etas and PD sensitivity) and a validity flag
+    (False after an invalid action: the other fields are then NaN)."""
 
     ecg: eqx.Module
     heart_rate: Float[Array, "*b"]
     eta_pk: Float[Array, "*b 3"]
     eta_pd: Float[Array, "*b"]
+    valid: Bool[Array, "*b"]
+
+    def __init__(self, ecg, heart_rate, eta_pk, eta_pd, valid=None):
+        self.ecg = ecg
+        self.heart_rate = jnp.asarray(heart_rate, jnp.float32)
+        self.eta_pk = jnp.asarray(eta_pk, jnp.float32)
+        self.eta_pd = jnp.asarray(eta_pd, jnp.float32)
+        self.valid = (jnp.ones(jnp.shape(self.heart_rate), bool) if valid is None
+                      else jnp.asarray(valid, bool))
 
 
 class Pharmacology(eqx.Module):
-    """Everything :func:`apply_action` needs: drug table, shared map, placebo course."""
+    """Everything :func:`apply_action` needs: the drug library (static: the drug ids of an
+    :class:`~ecg_world.actions.Action` index it), its stacked :class:`DrugTable`, the shared
+    map and the placebo course. A pytree: pass it to ``jit`` as an argument, and two
+    pharmacologies with the same library run through one compilation.
+
+    Build one with :meth:`from_library`; the calibrated one is
+    :func:`ecg_world.calibrated.default_pharmacology` (or ``Calibration.pharmacology``)."""
 
     table: DrugTable
     emap: EffectMap
     diurnal: Diurnal
+    library: DrugLibrary = eqx.field(static=True)
+
+    def __check_init__(self):
+        if tuple(self.table.names) != tuple(self.library.names):
+            raise ValueError(f"drug table rows {self.table.names} are not the library's "
+                             f"drugs {self.library.names}")
+
+    @classmethod
+    def from_library(cls, library: DrugLibrary, emap: EffectMap | None = None,
+                     diurnal: Diurnal | None = None) -> Pharmacology:
+        """A pharmacology on ``library`` (default map and no placebo course if not given)."""
+        return cls(library.table(), emap if emap is not None else EffectMap.default(),
+                   diurnal if diurnal is not None else Diurnal.zero(), library)
 
 
 def apply_effects(params: PatientParams, eff: EcgEffects, *, hr_bounds=(30.0, 200.0)):
     """Apply ECG changes to a patient (pure JAX)."""
     ecg = scale_waves(params.ecg, eff.qt_frac, eff.pr_frac, eff.qrs_frac)
     hr = jnp.clip(params.heart_rate + eff.hr_bpm, *hr_bounds)
-    return PatientParams(ecg, hr, params.eta_pk, params.eta_pd)
+    return PatientParams(ecg, hr, params.eta_pk, params.eta_pd, params.valid)
 
 
-def default_pharmacology() -> Pharmacology:
-    """The committed calibration as a :class:`Pharmacology` pytree."""
-    from .calibration import default_calibration
-
-    cal = default_calibration()
-    return Pharmacology(cal.library.table(), cal.emap, cal.diurnal)
+def check_action(action: Action, pharm: Pharmacology) -> None:
+    """Checks of an action against a pharmacology that need no values (its library) and, for
+    concrete values, the values themselves (id inside the table, dose inside the drug's
+    plausible range). Raises ``ValueError``; traced values are left to the validity flag."""
+    if action.library is not None and tuple(action.library) != tuple(pharm.library.names):
+        raise ValueError(
+            f"the action refers to drug library {list(action.library)} but the pharmacology's "
+            f"is {list(pharm.library.names)}: build the action with "
+            "make_action(..., library=pharm.library), or apply it with the pharmacology of "
+            "its own library")
+    d, dose = action.drug, action.dose_mg
+    if isinstance(d, jax.core.Tracer):
+        return
+    ids = np.asarray(d)
+    lib = pharm.library
+    n = lib.names
+    if np.any(ids < 0) or np.any(ids >= len(n)):
+        raise ValueError(f"drug id {ids.tolist()} outside the pharmacology's drug table: valid "
+                         f"ids 0..{len(n) - 1} ({', '.join(n)})")
+    if isinstance(dose, jax.core.Tracer):
+        return
+    mg = np.asarray(dose, float)
+    ids = np.broadcast_to(ids, mg.shape)
+    lo, hi = (np.array([dose_to_mg(dr.plausible_dose_range[k], dr.dose_unit)
+                        for dr in lib.drugs.values()]) for k in (0, 1))
+    bad = (mg > 0) & ((mg < lo[ids] * (1 - 1e-6)) | (mg > hi[ids] * (1 + 1e-6)))
+    if np.any(bad):
+        i = tuple(np.argwhere(bad)[0])
+        lib.drugs[n[int(ids[i])]].check_dose(float(mg[i]), "mg")
 
 
 def apply_action(
@@ -333,15 +416,29 @@ def apply_action(
     """The patient's parameters ``t`` hours after taking ``action`` (pure JAX, vmappable).
 
     **Arguments:** ``params`` baseline patient; ``action`` drug id and dose; ``t`` time since
-    dose in hours (default: ``action.time_h``); ``pharm`` drug table + shared map + placebo
-    course (default: the committed calibration, captured as constants).
+    dose in hours (default: ``action.time_h``); ``pharm`` the pharmacology (drug library and
+    table, shared map, placebo course). It is required: resolve a default outside traced
+    code, e.g. ``pharm = ecg_world.default_pharmacology()`` (the committed calibration), and
+    pass it in, so that a caller's ``jit`` sees it as an argument, not as constants.
+
+    **Checks:** the action's library must be the pharmacology's (``ValueError``, also under
+    tracing: it is static); concrete ids and doses are checked against the table and each
+    drug's plausible dose range (``ValueError``); under tracing an invalid action (id outside
+    the table, negative/NaN dose or time, dose above the drug's range) gives
+    ``valid = False`` and NaN parameters, never a clamped drug.
 
     **Returns:** ``PatientParams`` with the McSharry parameters and heart rate changed by the
     placebo/diurnal course plus the drug's effects (PK -> block -> shared map).
     """
-    pharm = default_pharmacology() if pharm is None else pharm
+    if pharm is None:
+        raise ValueError("apply_action needs a pharmacology: pass pharm=ecg_world."
+                         "default_pharmacology() (the committed calibration), "
+                         "Calibration.pharmacology, or Pharmacology.from_library(...)")
+    if not isinstance(pharm, Pharmacology):
+        raise TypeError(f"pharm must be a Pharmacology, got {type(pharm).__name__}")
     if t is not None:
         action = action.at(t)
+    check_action(action, pharm)
     return _apply_action(params, action, pharm)
 
 
@@ -350,6 +447,13 @@ def _apply_action(params: PatientParams, action: Action, pharm: Pharmacology) ->
     # jitted so that eager calls (notebooks, loops) run as one program instead of
     # op by op (about 0.7 s per call for the 5x5 expm and the wave scaling); inside a
     # caller's jit/vmap it is simply inlined
+    valid = action_validity(action, pharm.table) & params.valid
+    nan = jnp.float32(jnp.nan)
+    action = Action(action.drug, jnp.where(valid, action.dose_mg, nan),
+                    jnp.where(valid, action.time_h, nan), action.library, check=False)
     eff = total_effects(pharm.table, pharm.emap, pharm.diurnal, action, params.eta_pk,
                         params.eta_pd)
-    return apply_effects(params, eff)
+    out = apply_effects(params, eff)
+    ecg = jax.tree_util.tree_map(lambda x: jnp.where(valid[..., None], x, nan), out.ecg)
+    return PatientParams(ecg, jnp.where(valid, out.heart_rate, nan), out.eta_pk, out.eta_pd,
+                         valid)

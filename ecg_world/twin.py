@@ -20,6 +20,11 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Array, Float
 
+from leads_jax.physics.ecg_fiducials import reference_intervals
+from leads_jax.physics.mcsharry import McSharryECG
+
+from .batch import Intervals
+from .ecgrdvq import as_read_table, subject_baselines
 from .pharmacology import PatientParams, scale_waves
 
 INTERVAL_NAMES = ("RR", "PR", "QRS", "QT")
@@ -30,9 +35,9 @@ INTERVAL_RANGES = {"RR": (300.0, 2000.0), "PR": (60.0, 400.0), "QRS": (50.0, 200
 
 def kernel_intervals(model, heart_rate, *, sampling_rate: float | int = 2000.0
                      ) -> Float[Array, "4"]:
-    """(RR, PR, QRS, QT) in ms of the kernel's reference fiducials, physiological scaling."""
-    from leads_jax.physics.ecg_fiducials import reference_intervals
-
+    """(RR, PR, QRS, QT) in ms of the kernel's reference fiducials, physiological scaling
+    (the vector that the twin fit iterates on; :func:`patient_intervals` gives named
+    fields)."""
     r = reference_intervals(model, heart_rate, hr_scaling="physiological",
                             sampling_rate=sampling_rate)
 
@@ -40,6 +45,16 @@ def kernel_intervals(model, heart_rate, *, sampling_rate: float | int = 2000.0
         return r[k] if isinstance(r, dict) else getattr(r, k)
 
     return jnp.stack([jnp.asarray(get(k), jnp.float32) for k in INTERVAL_NAMES])
+
+
+def patient_intervals(params: PatientParams, *, sampling_rate: float | int = 2000.0
+                      ) -> Intervals:
+    """Named :class:`~ecg_world.batch.Intervals` (RR, PR, QRS, QT, QTcF, QTcB, heart rate) of
+    a patient's (scalar) kernel beat, NaN where ``params.valid`` is False (an invalid action:
+    the NaN parameters would otherwise give arbitrary fiducials)."""
+    iv = kernel_intervals(params.ecg, params.heart_rate, sampling_rate=sampling_rate)
+    iv = jnp.where(params.valid, iv, jnp.nan)
+    return Intervals.from_rr_pr_qrs_qt(iv[0], iv[1], iv[2], iv[3])
 
 
 class TwinFit(eqx.Module):
@@ -77,8 +92,6 @@ def twin_from_intervals(rr_ms, pr_ms, qrs_ms, qt_ms, *, base_model=None, n_iter:
     """A :class:`~ecg_world.pharmacology.PatientParams` whose reference intervals match the
     given baseline intervals (ms). Raises ``ValueError`` for non-finite or implausible input
     (ranges in :data:`INTERVAL_RANGES`)."""
-    from leads_jax.physics.mcsharry import McSharryECG
-
     vals = {"RR": rr_ms, "PR": pr_ms, "QRS": qrs_ms, "QT": qt_ms}
     for k, v in vals.items():
         a = np.asarray(v, float)
@@ -104,8 +117,6 @@ def twins_from_table(table, *, n_iter: int = 6) -> tuple[pd.DataFrame, PatientPa
     """One twin per subject of an ECGRDVQ table (its mean pre-dose intervals over periods).
 
     Returns a DataFrame (subject, measured and achieved intervals) and batched params."""
-    from .ecgrdvq import as_read_table, subject_baselines
-
     df = as_read_table(table)
     base = subject_baselines(df).dropna()
     params, tf = twin_from_intervals(base.RR.values, base.PR.values, base.QRS.values,

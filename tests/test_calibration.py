@@ -86,7 +86,7 @@ def test_calibrate_rejects_table_without_columns(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_kernel_simulated_cohort_meets_acceptance(data_dir, targets):
-    from ecg_world.calibration import simulate_study_kernel
+    from ecg_world.calibration_report import simulate_study_kernel
 
     ker = simulate_study_kernel(default_calibration(), data_dir / CSV, targets=targets)
     cov = coverage_table(ker.sim_mean, targets).set_index(["drug", "endpoint"])

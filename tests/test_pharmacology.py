@@ -75,6 +75,8 @@ def test_actions_validate_input():
         make_action("aspirin")
     with pytest.raises(ValueError, match="dose must be >= 0"):
         make_action("verapamil", -10, "mg")
+    with pytest.raises(ValueError, match="did you mean 500 ug"):
+        make_action("dofetilide", 500, "mg")
     with pytest.raises(ValueError, match="time since dose"):
         make_action("verapamil", time_h=-1)
     with pytest.raises(ValueError, match="unknown dose unit"):
@@ -185,15 +187,18 @@ def test_eager_apply_action_compiles_once():
     """Eager calls (notebooks, loops over times) run one compiled program, whatever the
     time since dose; the result equals the traced one inside a caller's jit."""
     from ecg_world import pharmacology
+    from ecg_world.calibrated import default_pharmacology
     from ecg_world.twin import twin_from_intervals
 
+    pharm = default_pharmacology()
     params, _ = twin_from_intervals([1000.0], [160.0], [95.0], [400.0])
     one = jax.tree_util.tree_map(lambda x: x[0], params)
     action = make_action("dofetilide", time_h=2.0)
-    pharmacology.apply_action(one, action)
+    pharmacology.apply_action(one, action, pharm=pharm)
     before = pharmacology._apply_action._cached._cache_size()
-    eager = [float(pharmacology.apply_action(one, action, t=t).ecg.ti[4])
+    eager = [float(pharmacology.apply_action(one, action, t=t, pharm=pharm).ecg.ti[4])
              for t in (1.0, 2.5, 3)]
     assert pharmacology._apply_action._cached._cache_size() == before
-    traced = jax.jit(lambda t: pharmacology.apply_action(one, action, t=t).ecg.ti[4])
+    traced = jax.jit(lambda t: pharmacology.apply_action(one, action, t=t, pharm=pharm)
+                     .ecg.ti[4])
     np.testing.assert_allclose(eager, [float(traced(t)) for t in (1.0, 2.5, 3.0)], rtol=1e-6)

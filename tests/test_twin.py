@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from ecg_world.calibrated import default_pharmacology
 from ecg_world.pharmacology import apply_action, scale_waves
 from ecg_world.twin import kernel_intervals, twin_from_intervals
 
@@ -48,10 +49,10 @@ def test_drug_prolongs_twin_qt(twins):
 
     params, _ = twins
     p0 = jax.tree_util.tree_map(lambda x: x[0], params)
-    step = jax.jit(apply_action)
+    step = jax.jit(lambda p, a, pharm: apply_action(p, a, pharm=pharm))
     qt = {}
     for d in ("placebo", "dofetilide"):
-        q = step(p0, make_action(d, time_h=2.5))
+        q = step(p0, make_action(d, time_h=2.5), default_pharmacology())
         qt[d] = float(KI(q.ecg, q.heart_rate)[3])
     assert qt["dofetilide"] - qt["placebo"] > 30.0
 

@@ -68,6 +68,7 @@ from .mcsharry import HrScaling, McSharryECG, RealLike, WaveLike, _wrap, wave_pa
 __all__ = [
     "INTERVAL_NAMES",
     "FIDUCIAL_NAMES",
+    "qt_from_qtc_fridericia",
     "qtc_bazett",
     "qtc_fridericia",
     "reference_intervals",
@@ -88,14 +89,30 @@ ONSET_FRACTION = 0.05
 _TWO_PI = 2.0 * math.pi
 
 
+def _xp(*xs):
+    """``jax.numpy`` for JAX arrays (and tracers), else ``numpy`` (which keeps pandas and
+    xarray objects and float64 intact)."""
+    return jnp if any(isinstance(x, jax.Array) for x in xs) else np
+
+
 def qtc_bazett(qt_ms, rr_ms):
-    """Bazett's correction ``QT / sqrt(RR / 1 s)`` (ms)."""
-    return qt_ms / jnp.sqrt(rr_ms / 1000.0)
+    """Bazett's correction ``QT / sqrt(RR / 1 s)`` (ms); Bazett HC, Heart 1920;7:353-370.
+
+    The package's one definition (the ECGRDVQ reader, the calibration and the cohorts use
+    it). JAX arrays give JAX arrays; numpy, pandas and xarray inputs keep their type."""
+    return qt_ms / _xp(qt_ms, rr_ms).sqrt(rr_ms / 1000.0)
 
 
 def qtc_fridericia(qt_ms, rr_ms):
-    """Fridericia's correction ``QT / (RR / 1 s)^(1/3)`` (ms)."""
-    return qt_ms / jnp.cbrt(rr_ms / 1000.0)
+    """Fridericia's correction ``QT / (RR / 1 s)^(1/3)`` (ms); Fridericia LS, Acta Med Scand
+    1920;53:469-486. One definition for the package (see :func:`qtc_bazett`)."""
+    return qt_ms / _xp(qt_ms, rr_ms).cbrt(rr_ms / 1000.0)
+
+
+def qt_from_qtc_fridericia(qtcf_ms, rr_ms):
+    """Inverse of :func:`qtc_fridericia`: the QT (ms) that has Fridericia-corrected value
+    ``qtcf_ms`` at ``rr_ms``."""
+    return qtcf_ms * _xp(qtcf_ms, rr_ms).cbrt(rr_ms / 1000.0)
 
 
 def _n_samples(sampling_rate, min_heart_rate) -> int:
