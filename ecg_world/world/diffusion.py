@@ -1,0 +1,185 @@
+r"""Latent diffusion of the post-intervention ECG, conditioned on the pre latent and the action.
+
+**What is diffused.** The autoencoder's latents of the pre and post strips, ``z_pre`` and
+``z_post`` (256 numbers each), enter as the standardised change ``x0 = (z_post - z_pre) /
+s`` (``s`` the per-dimension SD of the change over the training pairs, floored), so that the
+prior ``N(0, I)`` matches the data's scale and "no change" is the origin.
+
+**Noise process** (variance preserving, continuous time ``t`` in [0, 1]): ``x_t = alpha_t x0 +
+sigma_t eps`` with the cosine schedule ``alpha_t = cos(pi t / 2)``, ``sigma_t = sin(pi t /
+2)`` (Nichol A, Dhariwal P, Improved denoising diffusion probabilistic models, ICML 2021).
+The network predicts ``v = alpha_t eps - sigma_t x0`` (Salimans T, Ho J, Progressive
+distillation for fast sampling of diffusion models, ICLR 2022), so that ``x0_hat = alpha_t
+x_t - sigma_t v_hat`` and ``eps_hat = sigma_t x_t + alpha_t v_hat``.
+
+**Energy anchor term.** With ``x0_anchor = (z_anchor - z_pre) / s`` from the McSharry anchor
+(:mod:`ecg_world.world.anchor`), the loss is
+
+.. math::
+
+    L = \mathbb E\,\|\hat v - v\|^2 / D + \lambda(t)\, \|\hat x_0(x_t, t) - x_0^{anchor}\|^2 / D,
+    \qquad \lambda(t) = \lambda_0\, \alpha_t^{2p}
+
+``alpha_t^2 = SNR/(1 + SNR)`` grows from 0 (pure noise) to 1 (clean) as the noise falls, so the
+anchor pulls the clean-latent estimate hardest at low noise, where it decides the waveform's
+details, and leaves the coarse, high-noise steps to the data. ``lambda_0`` (``anchor_scale``,
+default 0.1) and ``p`` (``anchor_power``, default 1) are configurable;
+``anchor_scale = 0`` (``--no-anchor``) switches the term off.
+
+**Condition:** ``z_pre`` (standardised with the pre latents' mean and SD), the action's
+continuous pharmacology (:func:`ecg_world.world.data.action_features`: block per channel at
+that time, ECG effects of the shared map, dose, concentration, time since dose), and the
+noise level (Fourier features of ``t``).
+
+**Network:** an MLP with residual blocks (pre-LayerNorm, GELU), the condition embedding added
+in every block (a shift, as the time embedding of DDPM's U-Net), a zero-initialised output.
+
+**Samplers:** DDIM (``eta = 0``, deterministic given the start noise; Song J, Meng C, Ermon S,
+Denoising diffusion implicit models, ICLR 2021) and ancestral (``eta = 1``, DDPM's posterior
+noise; Ho J, Jain A, Abbeel P, NeurIPS 2020) on a uniform grid of ``steps`` in ``t``; every
+rollout gets its own key (``jax.random.split``), so rollouts are reproducible for a seed and
+independent across rollouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, PRNGKeyArray
+
+__all__ = ["DiffusionConfig", "Denoiser", "alpha_sigma", "anchor_weight", "diffusion_loss",
+           "sample_latents"]
+
+T_MIN, T_MAX = 1e-3, 1.0 - 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    """Hyperparameters of the denoiser and its loss (saved in the model's JSON config)."""
+
+    latent_dim: int = 256
+    n_features: int = 17
+    hidden: int = 512
+    n_blocks: int = 3
+    time_features: int = 16
+    anchor_scale: float = 0.1
+    anchor_power: float = 1.0
+    ema_decay: float = 0.995
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> DiffusionConfig:
+        return cls(**d)
+
+
+def alpha_sigma(t):
+    """Cosine VP schedule: ``(alpha_t, sigma_t)``."""
+    t = jnp.clip(t, T_MIN, T_MAX)
+    return jnp.cos(0.5 * jnp.pi * t), jnp.sin(0.5 * jnp.pi * t)
+
+
+def anchor_weight(t, config: DiffusionConfig):
+    """``lambda(t) = anchor_scale * alpha_t^(2 anchor_power)`` (0 when the anchor is off)."""
+    a, _ = alpha_sigma(t)
+    return config.anchor_scale * a ** (2.0 * config.anchor_power)
+
+
+class _Block(nnx.Module):
+    def __init__(self, hidden: int, *, rngs: nnx.Rngs):
+        self.norm = nnx.LayerNorm(hidden, rngs=rngs)
+        self.lin1 = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.lin2 = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.cond = nnx.Linear(hidden, hidden, rngs=rngs)
+
+    def __call__(self, h, c):
+        u = jax.nn.gelu(self.lin1(self.norm(h)) + self.cond(c))
+        return h + self.lin2(u)
+
+
+class Denoiser(nnx.Module):
+    """``v_hat(x_t, t | z_pre, features)``; inputs ``(batch, D)``, ``(batch,)``, ``(batch, D)``,
+    ``(batch, F)``."""
+
+    def __init__(self, config: DiffusionConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        c = config
+        d_cond = c.latent_dim + c.n_features + 2 * c.time_features
+        self.freqs = nnx.Variable(jnp.exp(jnp.linspace(0.0, jnp.log(200.0), c.time_features)))
+        self.inp = nnx.Linear(c.latent_dim, c.hidden, rngs=rngs)
+        self.cond1 = nnx.Linear(d_cond, c.hidden, rngs=rngs)
+        self.cond2 = nnx.Linear(c.hidden, c.hidden, rngs=rngs)
+        self.blocks = nnx.List([_Block(c.hidden, rngs=rngs) for _ in range(c.n_blocks)])
+        self.norm = nnx.LayerNorm(c.hidden, rngs=rngs)
+        self.out = nnx.Linear(c.hidden, c.latent_dim, kernel_init=nnx.initializers.zeros,
+                              rngs=rngs)
+
+    def __call__(self, x_t: Float[Array, "batch latent"], t: Float[Array, " batch"],
+                 z_pre: Float[Array, "batch latent"], features: Float[Array, "batch feat"]
+                 ) -> Float[Array, "batch latent"]:
+        ang = t[:, None] * self.freqs[...][None, :]
+        temb = jnp.concatenate([jnp.sin(ang), jnp.cos(ang)], axis=-1)
+        c = jnp.concatenate([z_pre, features, temb], axis=-1)
+        c = self.cond2(jax.nn.gelu(self.cond1(c)))
+        h = self.inp(x_t)
+        for blk in self.blocks:
+            h = blk(h, c)
+        return self.out(jax.nn.gelu(self.norm(h)))
+
+
+def diffusion_loss(model: Denoiser, x0, z_pre, features, x0_anchor, key: PRNGKeyArray,
+                   config: DiffusionConfig):
+    """``(total, (v_term, anchor_term))`` of one batch (see the module docstring).
+
+    `x0`, `x0_anchor`: standardised changes (batch, D); `z_pre` standardised pre latents."""
+    kt, ke = jax.random.split(key)
+    b = x0.shape[0]
+    t = jax.random.uniform(kt, (b,), minval=T_MIN, maxval=T_MAX)
+    eps = jax.random.normal(ke, x0.shape)
+    a, s = alpha_sigma(t)
+    x_t = a[:, None] * x0 + s[:, None] * eps
+    v = a[:, None] * eps - s[:, None] * x0
+    v_hat = model(x_t, t, z_pre, features)
+    v_term = jnp.mean((v_hat - v) ** 2)
+    x0_hat = a[:, None] * x_t - s[:, None] * v_hat
+    w = anchor_weight(t, config)
+    anchor_term = jnp.mean(w[:, None] * (x0_hat - x0_anchor) ** 2)
+    return v_term + anchor_term, (v_term, anchor_term)
+
+
+def sample_latents(model: Denoiser, z_pre: Float[Array, "batch latent"],
+                   features: Float[Array, "batch feat"], keys: PRNGKeyArray, *, steps: int,
+                   eta: float = 0.0) -> Float[Array, "batch latent"]:
+    """Draw one standardised change ``x0`` per row (one key per row): DDIM for ``eta = 0``,
+    ancestral for ``eta = 1`` (``steps`` uniform steps in ``t`` from 1 to 0)."""
+    if int(steps) < 1:
+        raise ValueError(f"steps must be >= 1 (got {steps})")
+    ts = jnp.linspace(1.0, 0.0, int(steps) + 1)
+    k0 = jax.vmap(lambda k: jax.random.split(k, 2))(keys)
+    x = jax.vmap(lambda k: jax.random.normal(k, (z_pre.shape[-1],)))(k0[:, 0])
+    step_keys = jax.vmap(lambda k: jax.random.split(k, int(steps)))(k0[:, 1])  # (B, steps, 2)
+
+    def step(x, inp):
+        i, t, s = inp
+        a_t, s_t = alpha_sigma(t)
+        a_s, s_s = alpha_sigma(s)
+        a_s = jnp.where(s <= 0.0, 1.0, a_s)
+        s_s = jnp.where(s <= 0.0, 0.0, s_s)
+        v_hat = model(x, jnp.full((x.shape[0],), t), z_pre, features)
+        x0 = a_t * x - s_t * v_hat
+        eps = s_t * x + a_t * v_hat
+        # DDIM's sigma_eta (Song et al. 2021, eq. 16) in terms of alpha, sigma
+        ratio = (a_t ** 2) / (a_s ** 2)
+        var = (s_s ** 2 / s_t ** 2) * (1.0 - ratio)
+        c = eta * jnp.sqrt(jnp.maximum(var, 0.0))
+        noise = jax.vmap(lambda k: jax.random.normal(k[i], (x.shape[-1],)))(step_keys)
+        x_new = a_s * x0 + jnp.sqrt(jnp.maximum(s_s ** 2 - c ** 2, 0.0)) * eps + c * noise
+        return x_new, None
+
+    idx = jnp.arange(int(steps))
+    x, _ = jax.lax.scan(step, x, (idx, ts[:-1], ts[1:]))
+    return x
