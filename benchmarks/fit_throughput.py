@@ -95,13 +95,17 @@ def _problem():
 def bench_jax(sizes, repeats):
     import equinox as eqx
     import jax
+    import jax.numpy as jnp
 
-    from leads_jax.fit import FitConfig, MemberStatus, make_optimizer, stack_members
-    from leads_jax.fit._engine import _chunk_fn
+    from leads_jax.fit import FitConfig, MemberStatus, stack_members
+    from leads_jax.fit._engine import _chunk_fn, _engine_optimizer, _init_fn, _loss_args
 
     geo, data, rollout, compile_structure = _problem()
     cfg = FitConfig(learning_rate=1e-2, clip_norm=1.0, aphynity_weight=1e-3)
-    tx = make_optimizer(cfg)
+    tx = _engine_optimizer(cfg)  # the learning rate lives in the optimizer state
+    lr = jnp.asarray(cfg.learning_rate, jnp.float32)
+    la = _loss_args(cfg)
+    one = jnp.asarray(1, jnp.int32)
     n_max = max(sizes)
     models = [compile_structure(_structure(i, n_max), geo, key=jax.random.key(i))
               for i in range(n_max)]
@@ -110,20 +114,21 @@ def bench_jax(sizes, repeats):
 
     # (a) sequential loop, jitted single-candidate step
     n_seq = min(8, n_max)
-    step1 = _chunk_fn(tx, rollout, cfg.loss_scale, cfg.aphynity_weight, 1, False)
+    step1 = _chunk_fn(tx, rollout, 1, False)
     states = []
     for m in models[:n_seq]:
         p, r = eqx.partition(m, spec)
-        states.append([p, tx.init(p), jax.tree.map(lambda x: x[0], MemberStatus.init(1)), r])
+        states.append([p, _init_fn(tx, False)(p, lr),
+                       jax.tree.map(lambda x: x[0], MemberStatus.init(1)), r])
     t0 = time.perf_counter()
-    out = step1(*states[0][:3], states[0][3], geo, data)
+    out = step1(*states[0][:3], states[0][3], geo, data, one, la)
     jax.block_until_ready(out)
     compile_a = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for s in states:
-            p, o, st, loss = step1(s[0], s[1], s[2], s[3], geo, data)
+            p, o, st, loss = step1(s[0], s[1], s[2], s[3], geo, data, one, la)
             s[0], s[1], s[2] = p, o, st
         jax.block_until_ready(s[0])
         times.append((time.perf_counter() - t0) / n_seq)
@@ -132,20 +137,20 @@ def bench_jax(sizes, repeats):
           f"(compile {compile_a:.1f} s, {n_seq} candidates)", flush=True)
 
     # (b) batched engine
-    stepb = _chunk_fn(tx, rollout, cfg.loss_scale, cfg.aphynity_weight, 1, True)
+    stepb = _chunk_fn(tx, rollout, 1, True)
     for n in sizes:
         stacked = stack_members(models[:n])
         p, r = eqx.partition(stacked, spec)
-        o = jax.vmap(tx.init)(p)
+        o = _init_fn(tx, True)(p, lr)
         st = MemberStatus.init(n)
         t0 = time.perf_counter()
-        out = stepb(p, o, st, r, geo, data)
+        out = stepb(p, o, st, r, geo, data, one, la)
         jax.block_until_ready(out)
         compile_b = time.perf_counter() - t0
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            p, o, st, loss = stepb(p, o, st, r, geo, data)
+            p, o, st, loss = stepb(p, o, st, r, geo, data, one, la)
             jax.block_until_ready(p)
             times.append((time.perf_counter() - t0) / n)
         alive = int(np.sum(np.asarray(st.alive)))

@@ -35,7 +35,8 @@ import jax
 import numpy as np
 import xarray as xr
 
-from leads_jax.compile import compile_structure, replace_parameters, stack_models
+from leads_jax.batching import stack_models
+from leads_jax.compile import compile_structure, replace_parameters
 from leads_jax.datasets import default_conductivity
 from leads_jax.geometry import Geometry
 from leads_jax.physics.reactions import REACTIONS

@@ -14,18 +14,21 @@ parameters are free, fixed, per-region or per-node, and every value, are **data*
   ``lower + (upper - lower) * sigmoid(raw)``.
 
 So two structures with the same topology key compile to pytrees with identical tree
-structures and leaf shapes: they stack with :func:`stack_models` and one jitted, vmapped
-program serves all of them. Candidate counts are padded to :func:`bucket_size` so a few
-bucket sizes cover every batch.
+structures and leaf shapes: they stack with :func:`leads_jax.batching.stack_models` and
+one jitted, vmapped program serves all of them. Candidate counts are padded to
+:func:`leads_jax.batching.bucket_size` so a few bucket sizes cover every batch.
 
-A generic path, :func:`compile_vector_field`, wraps any JAX vector field (for baselines
-that are not sentences of the grammar) into a model :func:`~leads_jax.simulate.simulate`
-accepts.
+The contract: :class:`AbstractCompiledModel` (and the :class:`AbstractBoundModel` that
+``bind`` returns) is everything simulation, fitting and the stability audit ask of a
+model; they never look at its type. A generic path, :func:`compile_vector_field`, wraps
+any JAX vector field (baselines that are not sentences of the grammar) into a
+:class:`VectorFieldModel` that goes through the same path.
 """
 
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,15 +38,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Array, Float, Int, PRNGKeyArray
+from .batching import bucket_size, stack_models  # noqa: F401  (re-exported; owner: batching)
 from .physics.closures import AbstractClosure, AdditiveClosure, GateClosure
 from .physics.diffusion import (
+    CONDUCTIVITY_SPEC,
     AbstractDiffusion,
     LaplacianDiffusion,
     NeuralGraphDiffusion,
     NoDiffusion,
     edge_divergence,
+    edge_mean,
 )
 from .physics.reactions._base import ParamSpec
+from .solvers import solver_spec
 from .structure import Structure, validate
 from .structure._validate import parameter_specs, reaction_class
 
@@ -145,21 +152,64 @@ class ParameterBlock(eqx.Module):
 
 
 # ---------------------------------------------------------------------------------------
-# compiled models
+# the contract
 # ---------------------------------------------------------------------------------------
-class AbstractCompiledModel(eqx.Module):
-    """What :func:`~leads_jax.simulate.simulate` needs from a model.
+class AbstractBoundModel(eqx.Module):
+    """A compiled model with its parameters resolved on one geometry: what a solver
+    steps (parameters are transformed once per solve, not once per step).
 
-    - :meth:`bind` -> an object with ``vector_field(t, y, stimulus)`` (parameters
-      transformed once per solve, not once per step);
-    - :meth:`observe` (mV), :meth:`initial_state`, ``state_names``, ``state_bounds``
-      (``(state, 2)`` array of admissible ranges: leaving them is divergence) and
-      ``default_dt`` (ms, static).
+    Subclasses implement :meth:`rates`, :meth:`closure_rates`, :attr:`gate_names` and
+    :meth:`gate_inf_tau`; :meth:`vector_field` is final.
     """
 
     @abc.abstractmethod
-    def bind(self, geometry) -> Any:
-        """Parameters resolved on `geometry`; has ``vector_field(t, y, stimulus)``."""
+    def rates(self, t, y: Float[Array, "state node"]) -> Float[Array, "state node"]:
+        """d(state)/dt (1/ms) without the stimulus: physics, closures and diffusion."""
+
+    @abc.abstractmethod
+    def closure_rates(self, t, y: Float[Array, "state node"]) -> Float[Array, "state node"] | None:
+        """What the neural closures add to the physics' rates at ``(t, y)`` (the APHYNITY
+        term); ``None`` when the model has no closures (decided statically)."""
+
+    @property
+    @abc.abstractmethod
+    def gate_names(self) -> tuple[str, ...]:
+        """States written as ``(g_inf - g) / tau`` (Rush-Larsen steps); may be empty."""
+
+    @abc.abstractmethod
+    def gate_inf_tau(self, y):
+        """``(g_inf, tau)`` of the :attr:`gate_names` states, each ``(gate, node)``."""
+
+    def vector_field(self, t, y, stimulus=None):
+        """d(state)/dt in 1/ms; the stimulus adds to the first (voltage-like) equation."""
+        dy = self.rates(t, y)
+        if stimulus is not None:
+            dy = dy.at[0].add(stimulus.current(t).astype(dy.dtype))
+        return dy
+
+
+class AbstractCompiledModel(eqx.Module):
+    """Everything :func:`~leads_jax.simulate.simulate`, :func:`~leads_jax.fit.fit` and the
+    stability audit need from a model, so that grammar structures
+    (:class:`HybridModel`), plain vector fields (:class:`VectorFieldModel`) and any
+    other model (e.g. the agent's expression models) go through the same path.
+
+    Abstract-or-final (equinox's recommendation): every method here is abstract, and
+    concrete subclasses are final (never subclassed again).
+
+    - :meth:`bind` -> :class:`AbstractBoundModel` (rates, closures, gates);
+    - :meth:`observe` (mV), :meth:`initial_state`, :attr:`state_names`,
+      :attr:`state_bounds` (``(state, 2)``: leaving them is divergence),
+      :attr:`default_dt` (ms, static), :attr:`n_nodes` (``None``: any node count);
+    - training: :meth:`trainable_filter`, :meth:`perturb` (restart noise; traceable),
+      :meth:`fitted_values`, :attr:`n_params` (host);
+    - :meth:`stable_dt` (the largest step known stable, for warnings) and
+      :meth:`formula` (readable text for results and reports).
+    """
+
+    @abc.abstractmethod
+    def bind(self, geometry) -> AbstractBoundModel:
+        """Parameters resolved on `geometry`."""
 
     @abc.abstractmethod
     def observe(self, state: Float[Array, " state *node"]) -> Float[Array, " *node"]:
@@ -181,9 +231,37 @@ class AbstractCompiledModel(eqx.Module):
     @abc.abstractmethod
     def default_dt(self) -> float: ...
 
+    @property
+    @abc.abstractmethod
+    def n_nodes(self) -> int | None:
+        """Node count the model was compiled for (``None``: node-agnostic)."""
+
+    @abc.abstractmethod
     def trainable_filter(self):
         """Pytree of bools over the model: True for leaves an optimiser updates."""
-        return jax.tree.map(eqx.is_inexact_array, self)
+
+    @abc.abstractmethod
+    def perturb(self, key: PRNGKeyArray, scale) -> AbstractCompiledModel:
+        """Restart noise of standard deviation `scale` on the fitted (free) values;
+        traceable (`scale` may be a traced scalar; ``scale = 0`` returns equal values)."""
+
+    @abc.abstractmethod
+    def fitted_values(self) -> dict[str, float | list[float]]:
+        """Fitted values by name, in physical units where there are any (host-side)."""
+
+    @property
+    @abc.abstractmethod
+    def n_params(self) -> int:
+        """Number of fitted scalars (host-side)."""
+
+    @abc.abstractmethod
+    def stable_dt(self, geometry, solver: str = "rk4") -> float:
+        """Largest fixed step (ms) known to be stable with `solver` on `geometry`
+        (``inf`` when unknown)."""
+
+    @abc.abstractmethod
+    def formula(self) -> str:
+        """Readable description of the model's equations."""
 
 
 def _neighbour_mean_diff(u, geometry):
@@ -197,7 +275,7 @@ def _neighbour_mean_diff(u, geometry):
     return edge_divergence(u[e[:, 1]] - u[e[:, 0]], e, jnp.maximum(degree, 1.0))
 
 
-class BoundHybridModel(eqx.Module):
+class BoundHybridModel(AbstractBoundModel):
     """A :class:`HybridModel` with its parameters resolved on one geometry."""
 
     reaction: Any
@@ -206,13 +284,12 @@ class BoundHybridModel(eqx.Module):
     closures: tuple[AbstractClosure, ...]
     geometry: Any
 
-    def rates(self, t, y):
-        """Reaction + closures + diffusion (no stimulus), shape ``(state, node)``."""
+    def _rates(self, t, y, closures):
         dy = self.reaction.rates(t, y)
         nbr = None
-        if any(getattr(c, "neighbours", False) for c in self.closures):
+        if any(getattr(c, "neighbours", False) for c in closures):
             nbr = _neighbour_mean_diff(y[0], self.geometry)
-        for c in self.closures:
+        for c in closures:
             if isinstance(c, GateClosure):
                 dy = dy.at[c.target].set(c(y))
             else:
@@ -221,19 +298,25 @@ class BoundHybridModel(eqx.Module):
             dy = dy.at[0].add(self.diffusion(y[0], self.geometry, self.conductivity))
         return dy
 
-    def vector_field(self, t, y, stimulus=None):
-        """d(state)/dt in 1/ms; the stimulus adds to the voltage-like equation."""
-        dy = self.rates(t, y)
-        if stimulus is not None:
-            dy = dy.at[0].add(stimulus.current(t).astype(dy.dtype))
-        return dy
+    def rates(self, t, y):
+        """Reaction + closures + diffusion (no stimulus), shape ``(state, node)``."""
+        return self._rates(t, y, self.closures)
+
+    def closure_rates(self, t, y):
+        if not self.closures:
+            return None
+        return self._rates(t, y, self.closures) - self._rates(t, y, ())
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        return tuple(self.reaction.gate_states)
 
     def gate_inf_tau(self, y):
-        """``(names, g_inf, tau)`` of every gate state (catalog gates, with gate closures
-        replacing theirs), for Rush-Larsen steps; ``g_inf``/``tau`` are ``(gate, node)``."""
-        names = tuple(self.reaction.gate_states)
+        """``(g_inf, tau)`` of every gate state (catalog gates, with gate closures
+        replacing theirs), for Rush-Larsen steps; each ``(gate, node)``."""
+        names = self.gate_names
         if not names:
-            return names, None, None
+            return None, None
         g_inf, tau = self.reaction.gate_inf_tau(y)
         state_names = self.reaction.state_names
         for c in self.closures:
@@ -241,7 +324,7 @@ class BoundHybridModel(eqx.Module):
                 k = names.index(state_names[c.target])
                 gi, ti = c.inf_tau(y[0])
                 g_inf, tau = g_inf.at[k].set(gi), tau.at[k].set(ti)
-        return names, g_inf, tau
+        return g_inf, tau
 
 
 class HybridModel(AbstractCompiledModel):
@@ -264,8 +347,8 @@ class HybridModel(AbstractCompiledModel):
 
     @property
     def default_dt(self) -> float:
-        dt = float(getattr(self.reaction_cls, "stable_dt", 0.0) or 0.0)
-        if dt <= 0:
+        dt = float(self.reaction_cls.stable_dt)
+        if not dt > 0:
             raise ValueError(
                 f"{self.reaction_cls.name} has no measured stable_dt; pass dt= explicitly"
             )
@@ -312,12 +395,97 @@ class HybridModel(AbstractCompiledModel):
         return jnp.asarray(rest, float)
 
     def trainable_filter(self):
+        """The unconstrained parameter values (fixed ones get zero gradient through
+        their mask) and the weights and scales of neural terms; masks, bounds,
+        normalisations and caps are data, not trained."""
         f = jax.tree.map(lambda _: False, self)
         f = eqx.tree_at(lambda m: m.params, f, self.params.trainable_filter())
         f = eqx.tree_at(lambda m: m.diffusion, f, self.diffusion.trainable_filter())
         return eqx.tree_at(
             lambda m: m.closures, f, tuple(c.trainable_filter() for c in self.closures)
         )
+
+    def perturb(self, key, scale) -> HybridModel:
+        """Gaussian noise of std `scale` on the free unconstrained parameter values
+        (fixed ones never move); neural weights keep their (per-restart) initialisation."""
+        b = self.params
+        k1, k2, k3 = jax.random.split(key, 3)
+        free = b.free
+        new = (
+            b.raw_global + scale * free * jax.random.normal(k1, b.raw_global.shape),
+            b.raw_region + scale * free[:, None] * jax.random.normal(k2, b.raw_region.shape),
+            b.raw_node + scale * free[:, None] * jax.random.normal(k3, b.raw_node.shape),
+        )
+        return eqx.tree_at(lambda m: (m.params.raw_global, m.params.raw_region,
+                                      m.params.raw_node), self, new)
+
+    def fitted_values(self) -> dict[str, float | list[float]]:
+        """Free physical parameters: a scalar (global mode) or a per-node list."""
+        vals = physical_parameters(self)
+        free = np.asarray(self.params.free) > 0.5
+        mode = np.argmax(np.asarray(self.params.mode), axis=1)
+        out = {}
+        for i, name in enumerate(self.params.names):
+            if not free[i]:
+                continue
+            v = np.asarray(vals[name], dtype=float)
+            out[name] = float(v.mean()) if mode[i] == 0 else [float(x) for x in v]
+        return out
+
+    @property
+    def n_params(self) -> int:
+        """Free physical parameters (1, n_regions or n_nodes each by mode) plus every
+        trainable weight of the neural terms."""
+        b = self.params
+        free = np.asarray(b.free) > 0.5
+        mode = np.argmax(np.asarray(b.mode), axis=1)
+        per = np.array([1, b.raw_region.shape[-1], b.raw_node.shape[-1]])[mode]
+        n = int(np.sum(per[free]))
+        for part in (self.diffusion, *self.closures):
+            p, _ = eqx.partition(part, part.trainable_filter())
+            n += int(sum(x.size for x in jax.tree.leaves(p)))
+        return n
+
+    def stable_dt(self, geometry, solver: str = "rk4") -> float:
+        """The smaller of the reaction's measured single-cell limit for `solver`
+        (``stable_dt_limits``; the recommended ``stable_dt`` for schemes not measured)
+        and the explicit diffusion limit ``extent / rate`` at the current
+        conductivities (Gershgorin bound of :func:`diffusion_rate`; `extent` from the
+        solver table)."""
+        spec = solver_spec(solver)
+        cls = self.reaction_cls
+        reaction = float(cls.stable_dt_limits.get(solver, cls.stable_dt) or math.inf)
+        rate = diffusion_rate(self, geometry)
+        return min(reaction, math.inf if rate == 0 else spec.stability_extent / rate)
+
+    def formula(self) -> str:
+        reaction, (dkind, dhidden), closures = self.topology
+        text = f"{reaction}, {dkind} diffusion"
+        if dhidden:
+            text += f" (hidden {tuple(dhidden)})"
+        for target, kind, hidden, neighbours in closures:
+            text += f" + {kind} closure on {target} (hidden {tuple(hidden)}"
+            text += ", neighbours)" if neighbours else ")"
+        return text
+
+
+def diffusion_rate(model: HybridModel, geometry) -> float:
+    """Largest eigenvalue bound (1/ms) of a hybrid model's diffusion at its current
+    conductivities (Gershgorin; neural gains at their maximum): an explicit solver with
+    real-axis stability extent ``s`` is stable for ``dt <= s / rate`` (forward Euler:
+    s = 2). Host-side; 0 without diffusion."""
+    if isinstance(model.diffusion, NoDiffusion) or geometry is None:
+        return 0.0
+    cond = np.asarray(model.conductivity())
+    c = np.asarray(geometry.edge_weights) * np.asarray(
+        edge_mean(jnp.asarray(cond), geometry.edges))
+    if isinstance(model.diffusion, NeuralGraphDiffusion):
+        c = c * float(jax.nn.softplus(2 * model.diffusion.max_gain) / math.log(2.0))
+    e = np.asarray(geometry.edges)
+    deg = np.zeros(geometry.n_nodes)
+    np.add.at(deg, e[:, 0], c)
+    np.add.at(deg, e[:, 1], c)
+    return float(np.max(2.0 * deg / np.asarray(geometry.mass)))
 
 
 def compile_structure(structure: Structure, geometry, *, key: PRNGKeyArray) -> HybridModel:
@@ -394,7 +562,9 @@ def compile_structure(structure: Structure, geometry, *, key: PRNGKeyArray) -> H
 # ---------------------------------------------------------------------------------------
 # the generic path (baselines that are not sentences of the grammar)
 # ---------------------------------------------------------------------------------------
-class BoundVectorField(eqx.Module):
+class BoundVectorField(AbstractBoundModel):
+    """A :class:`VectorFieldModel` on one geometry (no closures, no gates)."""
+
     fn: Callable = eqx.field(static=True)
     params: Any
     geometry: Any
@@ -402,11 +572,15 @@ class BoundVectorField(eqx.Module):
     def rates(self, t, y):
         return self.fn(t, y, self.params, self.geometry)
 
-    def vector_field(self, t, y, stimulus=None):
-        dy = self.rates(t, y)
-        if stimulus is not None:
-            dy = dy.at[0].add(stimulus.current(t).astype(dy.dtype))
-        return dy
+    def closure_rates(self, t, y):
+        return None
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        return ()
+
+    def gate_inf_tau(self, y):
+        return None, None
 
 
 class VectorFieldModel(AbstractCompiledModel):
@@ -419,6 +593,8 @@ class VectorFieldModel(AbstractCompiledModel):
     bounds: tuple = eqx.field(static=True)
     rest: Float[Array, " state"]
     dt: float = eqx.field(static=True)
+    max_dt: float = eqx.field(static=True)
+    name: str = eqx.field(static=True)
 
     @property
     def state_names(self):
@@ -432,7 +608,11 @@ class VectorFieldModel(AbstractCompiledModel):
     def default_dt(self):
         return self.dt
 
-    def bind(self, geometry):
+    @property
+    def n_nodes(self) -> None:
+        return None
+
+    def bind(self, geometry) -> BoundVectorField:
         return BoundVectorField(self.fn, self.params, geometry)
 
     def observe(self, state):
@@ -442,10 +622,45 @@ class VectorFieldModel(AbstractCompiledModel):
         return jnp.broadcast_to(self.rest[:, None], (self.rest.shape[0], n_nodes))
 
     def trainable_filter(self):
+        """Every floating leaf of `params`."""
         f = jax.tree.map(lambda _: False, self)
         return eqx.tree_at(
             lambda m: m.params, f, jax.tree.map(eqx.is_inexact_array, self.params)
         )
+
+    def perturb(self, key, scale) -> VectorFieldModel:
+        """Gaussian noise of std `scale` on every trainable leaf of `params`."""
+        params, rest = eqx.partition(self.params, eqx.is_inexact_array)
+        leaves, tdef = jax.tree.flatten(params)
+        keys = jax.random.split(key, max(1, len(leaves)))
+        pairs = zip(leaves, keys[: len(leaves)], strict=True)
+        leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in pairs]
+        return eqx.tree_at(lambda m: m.params, self,
+                           eqx.combine(jax.tree.unflatten(tdef, leaves), rest))
+
+    def fitted_values(self) -> dict[str, float | list[float]]:
+        """Every trainable leaf by its pytree path (``"a"``, ``"w[0]"``...): scalars as
+        floats, arrays as flat lists."""
+        params, _ = eqx.partition(self.params, eqx.is_inexact_array)
+        out = {}
+        for path, x in jax.tree_util.tree_leaves_with_path(params):
+            name = jax.tree_util.keystr(path).strip(".").strip("'[]\"") or "params"
+            v = np.asarray(x, dtype=float)
+            out[name] = float(v) if v.ndim == 0 else [float(a) for a in v.ravel()]
+        return out
+
+    @property
+    def n_params(self) -> int:
+        params, _ = eqx.partition(self.params, eqx.is_inexact_array)
+        return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+    def stable_dt(self, geometry, solver: str = "rk4") -> float:
+        """The `stable_dt` given to :func:`compile_vector_field` (``inf``: unknown)."""
+        solver_spec(solver)
+        return self.max_dt
+
+    def formula(self) -> str:
+        return f"{self.name}: d({', '.join(self.names)})/dt = {self.name}(t, state, params)"
 
 
 def compile_vector_field(
@@ -457,8 +672,10 @@ def compile_vector_field(
     state_bounds: Sequence[tuple[float, float]],
     rest_state: Sequence[float] | None = None,
     dt: float = 0.05,
+    stable_dt: float | None = None,
+    name: str | None = None,
 ) -> VectorFieldModel:
-    """Wrap a JAX vector field into a model :func:`~leads_jax.simulate.simulate` accepts.
+    """Wrap a JAX vector field into a model that simulate, fit and the audit accept.
 
     **Arguments:**
 
@@ -471,6 +688,9 @@ def compile_vector_field(
     - `state_bounds`: admissible range of each state (divergence when left).
     - `rest_state`: resting value of each state (default zeros).
     - `dt`: default step (ms).
+    - `stable_dt`: the largest step (ms) known stable, if any (``fit`` warns above it);
+      default unknown.
+    - `name`: a label for results (default ``fn.__name__``).
     """
     names = tuple(state_names)
     bounds = tuple((float(lo), float(hi)) for lo, hi in state_bounds)
@@ -483,19 +703,33 @@ def compile_vector_field(
     rest = jnp.zeros(len(names)) if rest_state is None else jnp.asarray(rest_state, float)
     if rest.shape != (len(names),):
         raise ValueError(f"rest_state must have one value per state {names}, got {rest.shape}")
-    obs = observe if observe is not None else (lambda y: -80.0 + 100.0 * y[0])
-    return VectorFieldModel(fn, params, names, obs, bounds, rest, float(dt))
+    obs = observe if observe is not None else _default_observe
+    dt = _positive("dt", dt)
+    max_dt = math.inf if stable_dt is None else _positive("stable_dt", stable_dt)
+    label = str(name) if name is not None else getattr(fn, "__name__", "vector field")
+    return VectorFieldModel(fn, params, names, obs, bounds, rest, dt, max_dt, label)
+
+
+def _default_observe(y):
+    return -80.0 + 100.0 * y[0]
+
+
+def _positive(what, x) -> float:
+    try:
+        v = float(np.asarray(x, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a positive number of ms; got {x!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{what} must be a positive number of ms; got {x!r}")
+    return v
 
 
 # ---------------------------------------------------------------------------------------
 # training helpers
 # ---------------------------------------------------------------------------------------
 def trainable_filter(model: AbstractCompiledModel):
-    """Pytree of bools over `model`: True for the leaves an optimiser updates.
-
-    For a :class:`HybridModel`: the unconstrained parameter values (fixed ones get zero
-    gradient through their mask) and the weights and scales of neural terms; masks,
-    bounds, normalisations and caps are data, not trained."""
+    """Pytree of bools over `model`: True for the leaves an optimiser updates
+    (:meth:`AbstractCompiledModel.trainable_filter`)."""
     return model.trainable_filter()
 
 
@@ -508,10 +742,9 @@ combine = eqx.combine
 
 
 def physical_parameters(model: HybridModel) -> dict[str, Float[Array, " node"]]:
-    """Physical value of every parameter at every node, ``{name: (node,)}`` (units of
-    the parameter's spec). Works on stacked models too (leading candidate axis)."""
-    if isinstance(model, VectorFieldModel):
-        return {"params": model.params}
+    """Physical value of every parameter of a :class:`HybridModel` at every node,
+    ``{name: (node,)}`` (units of the parameter's spec). Works on stacked models too
+    (leading candidate axis)."""
     v = _values_any(model.params)
     return {n: v[..., i, :] for i, n in enumerate(model.params.names)}
 
@@ -526,10 +759,16 @@ def _values_any(block: ParameterBlock):
 def parameter_specs_of(model: HybridModel) -> dict[str, ParamSpec]:
     """The spec of every parameter of a compiled model, by name."""
     specs = {s.name: s for s in model.reaction_cls.param_specs}
-    from .physics.diffusion import CONDUCTIVITY_SPEC
-
     specs["D"] = CONDUCTIVITY_SPEC
     return {n: specs[n] for n in model.params.names}
+
+
+def diffusion_stable_dt(model: HybridModel, geometry) -> float:
+    """Forward-Euler stability bound (ms) of a hybrid model's diffusion at its current
+    conductivities, ``2 / diffusion_rate`` (inf without diffusion). Host-side, for
+    choosing ``dt``; RK4 tolerates about 1.39x this."""
+    rate = diffusion_rate(model, geometry)
+    return math.inf if rate == 0 else 2.0 / rate
 
 
 def replace_parameters(model: HybridModel, **values) -> HybridModel:
@@ -581,79 +820,22 @@ def replace_parameters(model: HybridModel, **values) -> HybridModel:
 
 
 
-# ---------------------------------------------------------------------------------------
-# batching: bucket sizes, padding, stacking
-# ---------------------------------------------------------------------------------------
-def bucket_size(n: int, *, minimum: int = 1, multiple_of: int = 1) -> int:
-    """The padded batch size for `n` candidates: the next power of two (>= `minimum`),
-    so batches of 5..8 share one compilation, 9..16 another, and so on; rounded up to a
-    multiple of `multiple_of` (the device count, when the batch is sharded)."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if multiple_of < 1:
-        raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
-    size = max(int(minimum), 1)
-    while size < n:
-        size *= 2
-    return -(-size // multiple_of) * multiple_of
-
-
-def stack_models(models: Sequence[Any], size: int | None = None):
-    """Stack models of one topology into a batch, padded to `size` (default:
-    ``bucket_size(len(models))``) by repeating the last model.
-
-    **Returns:** ``(stacked, mask)`` where every array leaf of ``stacked`` has a leading
-    axis of length `size` and ``mask`` (bool, ``(size,)``) is True for real members.
-    Models whose tree structures differ (different topologies) raise ``ValueError``.
-    """
-    models = list(models)
-    if not models:
-        raise ValueError("stack_models needs at least one model")
-    size = bucket_size(len(models)) if size is None else int(size)
-    if size < len(models):
-        raise ValueError(f"size {size} is smaller than the number of models {len(models)}")
-    arrays0, static0 = eqx.partition(models[0], eqx.is_array)
-    treedef = jax.tree.structure(arrays0)
-    shapes = [x.shape for x in jax.tree.leaves(arrays0)]
-    for i, m in enumerate(models[1:], 1):
-        arrays, static = eqx.partition(m, eqx.is_array)
-        if (
-            jax.tree.structure(arrays) != treedef
-            or jax.tree.structure(static) != jax.tree.structure(static0)
-            or [x.shape for x in jax.tree.leaves(arrays)] != shapes
-        ):
-            raise ValueError(
-                f"model {i} has a different topology (tree structure or leaf shapes) from "
-                "model 0; group candidates by Structure.topology_key() before stacking"
-            )
-    padded = models + [models[-1]] * (size - len(models))
-    parts = [eqx.partition(m, eqx.is_array)[0] for m in padded]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
-    mask = jnp.arange(size) < len(models)
-    return eqx.combine(stacked, static0), mask
-
-
-def unstack_model(stacked: Any, i: int):
-    """Member `i` of a stacked batch of models."""
-    arrays, static = eqx.partition(stacked, eqx.is_array)
-    return eqx.combine(jax.tree.map(lambda x: x[i], arrays), static)
-
-
 __all__ = [
+    "AbstractBoundModel",
     "AbstractCompiledModel",
     "BoundHybridModel",
+    "BoundVectorField",
     "HybridModel",
     "ParameterBlock",
     "VectorFieldModel",
-    "bucket_size",
     "combine",
     "compile_structure",
     "compile_vector_field",
+    "diffusion_rate",
+    "diffusion_stable_dt",
     "parameter_specs_of",
     "partition",
     "physical_parameters",
     "replace_parameters",
-    "stack_models",
     "trainable_filter",
-    "unstack_model",
 ]

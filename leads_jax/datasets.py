@@ -65,6 +65,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import numpy as np
 import xarray as xr
@@ -1011,9 +1012,11 @@ def _stacked_stimuli_np(ds: xr.Dataset, geometry: Geometry) -> Stimulus:
         extra = (np.float32(_FAR) + np.float32(float(s.duration) + 1.0)
                  * np.arange(n - on.size, dtype=np.float32))
         onsets.append(np.concatenate([on, extra.astype(np.float32)]))
-    return Stimulus(
-        sites=jnp.asarray(np.stack([np.asarray(s.sites) for s in stims])),
-        amplitude=jnp.asarray(np.stack([np.asarray(s.amplitude) for s in stims])),
-        duration=jnp.asarray(np.stack([np.asarray(s.duration) for s in stims])),
-        onsets=jnp.asarray(np.stack(onsets)),
+    stacked = (
+        jnp.asarray(np.stack([np.asarray(s.sites) for s in stims])),
+        jnp.asarray(np.stack([np.asarray(s.amplitude) for s in stims])),
+        jnp.asarray(np.stack([np.asarray(s.duration) for s in stims])),
+        jnp.asarray(np.stack(onsets)),
     )
+    # tree_at, not the constructor: the fields carry a leading sample axis here
+    return eqx.tree_at(lambda s: (s.sites, s.amplitude, s.duration, s.onsets), stims[0], stacked)

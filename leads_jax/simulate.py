@@ -7,9 +7,13 @@ of a compiled model (:mod:`leads_jax.compile`) on a geometry and returns a
 bounds); a member that diverges stops there, is marked with a reason and a time, and
 under ``vmap`` the other members of the batch are unaffected.
 
-Reason codes (``Trajectory.reason``): ``0`` ok, ``1`` non-finite state (or another
-solver failure), ``2`` state out of bounds, ``3`` ``max_steps`` reached. Saved values
-after the divergence time are NaN.
+Reason codes (``Trajectory.reason``) are :class:`~leads_jax.codes.ResultCode` values:
+``OK`` (0), ``NONFINITE_STATE`` (1, or another solver failure), ``OUT_OF_BOUNDS`` (2),
+``MAX_STEPS`` (3). Saved values after the divergence time are NaN.
+
+Solvers come from the one table :data:`leads_jax.solvers.SOLVERS` (also what
+:class:`~leads_jax.fit.FitConfig` accepts). The model is used only through the
+:class:`~leads_jax.compile.AbstractCompiledModel` contract.
 
 Steps: fixed-step RK4 by default with ``dt`` = the reaction model's measured stable step
 (``stable_dt``). Explicit diffusion adds its own limit, ``dt <= 2 / max_i (2/m_i sum_j
@@ -24,7 +28,6 @@ Gated models can use ``solver="rush-larsen"`` (exact exponential gate updates).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -33,40 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Array, Bool, Float, Int
-from .compile import AbstractCompiledModel, BoundHybridModel
-from .physics.rush_larsen import GatedODETerm, RushLarsen
-
-REASONS = {0: "ok", 1: "non-finite state", 2: "state out of bounds", 3: "max_steps reached"}
-
-_rk4_tableau = diffrax.ButcherTableau(
-    a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
-    b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
-    b_error=np.zeros(4),
-    c=np.array([0.5, 0.5, 1.0]),
-)
-
-
-def _linear_interpolation(*, t0, t1, y0, y1, k=None):
-    del k
-    return diffrax.LocalLinearInterpolation(t0=t0, t1=t1, y0=y0, y1=y1)
-
-
-class RK4(diffrax.AbstractERK):
-    """The classical 4th-order Runge-Kutta method, fixed steps only (no error estimate);
-    linear interpolation between steps for ``SaveAt(ts=...)``."""
-
-    tableau = _rk4_tableau
-    interpolation_cls = staticmethod(_linear_interpolation)
-
-    def order(self, terms):
-        del terms
-        return 4
-
-
-_FIXED = {"euler": diffrax.Euler, "rk4": RK4, "heun": diffrax.Heun}
-_ADAPTIVE = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "heun": diffrax.Heun,
-             "bosh3": diffrax.Bosh3}
-SOLVERS = tuple(sorted(set(_FIXED) | set(_ADAPTIVE) | {"rush-larsen"}))
+from .codes import ResultCode
+from .compile import AbstractBoundModel, AbstractCompiledModel, diffusion_stable_dt
+from .physics.rush_larsen import GatedODETerm
+from .solvers import RK4, SOLVERS, solver_spec
 
 
 class Trajectory(eqx.Module):
@@ -77,7 +50,7 @@ class Trajectory(eqx.Module):
     - `state` ``[time state node]``: every state variable.
     - `result`: diffrax's result code (int; 0 = successful).
     - `diverged`: True when the member stopped early (``reason != 0``).
-    - `reason`: 0 ok, 1 non-finite, 2 out of bounds, 3 max steps (see ``REASONS``).
+    - `reason`: a :class:`~leads_jax.codes.ResultCode` value (0 ok).
     - `t_diverged` (ms): the time the member stopped; ``inf`` when it did not.
     """
 
@@ -93,22 +66,21 @@ class Trajectory(eqx.Module):
         """Plain-language reason(s) (host side)."""
         r = np.asarray(self.reason)
         if r.ndim == 0:
-            return REASONS[int(r)]
-        return [REASONS[int(x)] for x in r.ravel()]
+            return ResultCode.describe(r)
+        return [ResultCode.describe(x) for x in r.ravel()]
 
 
 class _Field(eqx.Module):
     """The ODE right-hand side ``(t, y, args)`` of a bound model plus stimulus."""
 
-    bound: Any
-    stimulus: Any
+    bound: AbstractBoundModel
+    stimulus: object
 
     def __call__(self, t, y, args):
         return self.bound.vector_field(t, y, self.stimulus)
 
     def gates(self, t, y, args):
-        _, g_inf, tau = self.bound.gate_inf_tau(y)
-        return g_inf, tau
+        return self.bound.gate_inf_tau(y)
 
 
 def _concrete(x, what):
@@ -119,26 +91,6 @@ def _concrete(x, what):
             f"{what} must be concrete (not traced) to size the solve; close over it or "
             "pass max_steps explicitly"
         ) from None
-
-
-def diffusion_stable_dt(model, geometry) -> float:
-    """Forward-Euler stability bound (ms) of a hybrid model's diffusion at its current
-    conductivities (Gershgorin; neural gains at their maximum). Host-side, for choosing
-    ``dt``; RK4 tolerates about 1.39x this."""
-    from .physics.diffusion import NeuralGraphDiffusion, NoDiffusion, edge_mean
-
-    if not hasattr(model, "diffusion") or isinstance(model.diffusion, NoDiffusion):
-        return math.inf
-    cond = np.asarray(model.conductivity())
-    c = np.asarray(geometry.edge_weights) * np.asarray(edge_mean(jnp.asarray(cond), geometry.edges))
-    if isinstance(model.diffusion, NeuralGraphDiffusion):
-        c = c * float(jax.nn.softplus(2 * model.diffusion.max_gain) / math.log(2.0))
-    e = np.asarray(geometry.edges)
-    deg = np.zeros(geometry.n_nodes)
-    np.add.at(deg, e[:, 0], c)
-    np.add.at(deg, e[:, 1], c)
-    rate = float(np.max(2.0 * deg / np.asarray(geometry.mass)))
-    return math.inf if rate == 0 else 2.0 / rate
 
 
 def simulate(
@@ -183,12 +135,11 @@ def simulate(
     **Returns:** a :class:`Trajectory`. Never raises for numerical failure; invalid
     arguments (unknown solver, bad shapes) raise ``ValueError`` before tracing.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; valid solvers are {SOLVERS}")
-    if adaptive and solver not in _ADAPTIVE:
+    spec = solver_spec(solver)
+    if adaptive and not spec.adaptive:
         raise ValueError(
             f"solver {solver!r} has no error estimate for adaptive steps; use one of "
-            f"{tuple(sorted(_ADAPTIVE))} or adaptive=False"
+            f"{tuple(n for n, s in SOLVERS.items() if s.adaptive)} or adaptive=False"
         )
     ts_in = ts
     ts = jnp.asarray(ts, float)
@@ -200,7 +151,7 @@ def simulate(
     if not (dt > 0 and math.isfinite(dt)):
         raise ValueError(f"dt must be a positive finite step in ms, got {dt}")
     n_states = len(model.state_names)
-    n_nodes = geometry.n_nodes if geometry is not None else getattr(model, "n_nodes", None)
+    n_nodes = geometry.n_nodes if geometry is not None else model.n_nodes
     if y0 is None:
         if n_nodes is None:
             raise ValueError("pass y0 or a geometry (the node count is unknown)")
@@ -223,18 +174,19 @@ def simulate(
     bound = model.bind(geometry)
     field = _Field(bound, stimulus)
     term = diffrax.ODETerm(field)
-    if solver == "rush-larsen":
-        if not isinstance(bound, BoundHybridModel):
-            raise ValueError("solver='rush-larsen' needs a compiled structure (HybridModel)")
-        gate_index = tuple(model.state_names.index(g) for g in bound.reaction.gate_states)
+    if spec.gated:
+        if not bound.gate_names:
+            raise ValueError(
+                f"solver={solver!r} needs a model with gate states; this model has none "
+                f"(states {model.state_names})"
+            )
+        gate_index = tuple(model.state_names.index(g) for g in bound.gate_names)
         term = GatedODETerm(field, field.gates, gate_index)
-        solver_obj = RushLarsen()
-    else:
-        solver_obj = (_ADAPTIVE if adaptive else {**_ADAPTIVE, **_FIXED})[solver]()
+    solver_obj = spec.cls()
 
     if adaptive:
         jumps = None
-        if stimulus is not None and hasattr(stimulus, "jump_times"):
+        if stimulus is not None:
             jumps = jnp.asarray(stimulus.jump_times(), float)
         controller = diffrax.PIDController(rtol=rtol, atol=atol, dtmax=None)
         if jumps is not None and jumps.size:
@@ -276,8 +228,9 @@ def simulate(
     nonfinite = ~jnp.all(jnp.isfinite(y_end))
     reason = jnp.where(
         event,
-        jnp.where(nonfinite, 1, 2),
-        jnp.where(out_of_steps, 3, jnp.where(failed, 1, 0)),
+        jnp.where(nonfinite, int(ResultCode.NONFINITE_STATE), int(ResultCode.OUT_OF_BOUNDS)),
+        jnp.where(out_of_steps, int(ResultCode.MAX_STEPS),
+                  jnp.where(failed, int(ResultCode.NONFINITE_STATE), int(ResultCode.OK))),
     ).astype(jnp.int32)
     diverged = reason != 0
     t_div = jnp.where(diverged, t_end, jnp.inf).astype(ts.dtype)
@@ -298,7 +251,7 @@ def simulate(
 
 def simulate_batch(stacked_models, geometry, stimulus, ts, **kwargs) -> Trajectory:
     """:func:`simulate` vmapped over a stacked batch of models (see
-    :func:`~leads_jax.compile.stack_models`); geometry, stimulus and `ts` are shared.
+    :func:`~leads_jax.batching.stack_models`); geometry, stimulus and `ts` are shared.
     Call it under ``eqx.filter_jit`` to compile once per topology and bucket size."""
     return eqx.filter_vmap(lambda m: simulate(m, geometry, stimulus, ts, **kwargs))(
         stacked_models
@@ -306,7 +259,6 @@ def simulate_batch(stacked_models, geometry, stimulus, ts, **kwargs) -> Trajecto
 
 
 __all__ = [
-    "REASONS",
     "RK4",
     "SOLVERS",
     "Trajectory",

@@ -7,16 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from leads_jax.batching import bucket_size, stack_models, unstack_member
 from leads_jax.compile import (
-    bucket_size,
     compile_structure,
     compile_vector_field,
     partition,
     physical_parameters,
     replace_parameters,
-    stack_models,
     trainable_filter,
-    unstack_model,
 )
 from leads_jax.geometry import Geometry
 from leads_jax.simulate import simulate, simulate_batch
@@ -121,7 +119,7 @@ def test_one_trace_for_many_candidates_and_divergence_is_data(ap_alone):
         np.testing.assert_array_equal(tr_bad.observed[i], tr_good.observed[i])
     # ... and equal to simulating the member alone, outside any batch.
     np.testing.assert_allclose(ap_alone.observed, tr_bad.observed[0], rtol=1e-5, atol=1e-3)
-    assert unstack_model(good, 3).params.names == models[3].params.names
+    assert unstack_member(good, 3).params.names == models[3].params.names
 
     # The wave travels: activation (crossing -40 mV) later at the far end.
     obs = np.asarray(tr_good.observed[0])

@@ -59,7 +59,7 @@ def fitted(dataset):
 # ----------------------------------------------------------------------------- bad input
 def test_bad_inputs_fail_before_any_compilation(dataset):
     boom = mock.Mock(side_effect=AssertionError("compiled before validating the inputs"))
-    with mock.patch("leads_jax.compile.compile_structure", boom):
+    with mock.patch("leads_jax.fit._fit.compile_structure", boom):
         with pytest.raises(ValueError, match="candidate list is empty"):
             fit([], dataset, CFG, key=jax.random.key(0))
         nan = dataset.copy(deep=True)
@@ -141,8 +141,8 @@ def test_fault_injection_marks_and_isolates(fitted, dataset):
 def test_saved_candidates_reload_to_identical_predictions(fitted, dataset, tmp_path):
     import equinox as eqx
 
-    from leads_jax.fit import SimulateRollout, evaluate_members, stack_members
-    from leads_jax.fit._fit import _max_steps, _split_data
+    from leads_jax.fit import SimulateRollout, evaluate_members, prepare, stack_members
+    from leads_jax.fit._fit import _max_steps
 
     fitted.save(tmp_path)
     geo = geometry_from_dataset(dataset)
@@ -155,7 +155,7 @@ def test_saved_candidates_reload_to_identical_predictions(fitted, dataset, tmp_p
     assert structure == CANDIDATES[3]
     assert bool(eqx.tree_equal(model, fitted.models[3]))
     # predictions through the fit's own (already compiled) evaluation program
-    train = _split_data(dataset, "train", "train", geo)
+    train = prepare(CANDIDATES[:1], dataset, CFG).train
     rollout = SimulateRollout("rk4", DT, _max_steps(train.ts, DT, CFG), False)
     stacked = stack_members([fitted.models[3], model] * 2)
     params, rest = eqx.partition(stacked, model.trainable_filter())

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
+from ..codes import ResultCode
 from ._config import FitConfig
-from ._engine import REASONS, SplitData, evaluate_members
+from ._engine import SplitData, evaluate_members
 
 
 def audit_members(params, rest, *, rollout, context, splits: dict[str, SplitData],
@@ -35,7 +36,7 @@ def audit_members(params, rest, *, rollout, context, splits: dict[str, SplitData
                 code = int(np.atleast_1d(ev["reason"])[i])
                 t = float(np.atleast_1d(ev["t_diverged"])[i])
                 when = f" at t={t:.1f} ms" if math.isfinite(t) else ""
-                reasons[i] = f"{REASONS.get(code, f'reason {code}')}{when} on the {name} rollout"
+                reasons[i] = f"{ResultCode.describe(code)}{when} on the {name} rollout"
             stable[i] = False
     if test_split in rmse:
         test = np.where(stable, rmse[test_split], np.inf)

@@ -1,4 +1,4 @@
-"""The fitting configuration: a validated, frozen, JAX-free dataclass."""
+"""The fitting configuration: a validated, frozen dataclass of plain Python values."""
 
 from __future__ import annotations
 
@@ -6,8 +6,26 @@ import dataclasses
 import math
 import typing
 
+import numpy as np
+
+from ..solvers import SOLVERS
+
 _OPTIMIZERS = ("adam", "adabelief", "sgd")
-_SOLVERS = ("rk4", "euler", "tsit5", "heun", "rush-larsen")
+_SOLVERS = tuple(SOLVERS)
+
+
+def _plain(value):
+    """A NumPy/JAX real scalar (0-d, not bool) as a Python int or float; else unchanged."""
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or getattr(value, "shape", None) != () or dtype.kind not in "iuf":
+        return value
+    try:
+        v = np.asarray(value).item()
+    except Exception:  # traced: leave it to the checks below (which reject it)
+        return value
+    return int(v) if dtype.kind in "iu" else float(v)
 
 
 # Validation is done by hand (with messages naming the field), so runtime type checkers
@@ -42,9 +60,10 @@ class FitConfig:
       neural terms along the simulated trajectory (Yin et al., ICLR 2021), so
       that physics explains what it can. 0 switches it off.
     - `loss_scale`: mV; the trajectory MSE is computed on ``V / loss_scale``.
-    - `solver`, `dt`, `max_steps`: passed to :func:`leads_jax.simulate.simulate`;
-      ``dt=None`` lets the model pick its stable step, ``max_steps=None`` derives
-      it from the horizon and the step.
+    - `solver`, `dt`, `max_steps`: passed to :func:`leads_jax.simulate.simulate`
+      (`solver`: any name of :data:`leads_jax.solvers.SOLVERS`, fixed steps);
+      ``dt=None`` uses the data's step, else the model's default;
+      ``max_steps=None`` derives it from the horizon and the step.
     - `min_bucket`: smallest padded member count (candidates x restarts are padded
       to the next bucket size to avoid recompilation).
     - `audit`: run the stability audit (3x horizon, unseen pacing sites) after fitting.
@@ -69,6 +88,9 @@ class FitConfig:
     audit: bool = True
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
+
         def bad(field, value, rule):
             raise ValueError(f"FitConfig.{field}={value!r} is invalid: {rule}.")
 
@@ -107,7 +129,7 @@ class FitConfig:
         number("min_delta", self.min_delta)
         if self.min_delta < 0:
             bad("min_delta", self.min_delta, "must be >= 0")
-        stages = tuple(tuple(s) for s in self.curriculum)
+        stages = tuple(tuple(_plain(x) for x in s) for s in self.curriculum)
         last = 0.0
         for stage in stages:
             if len(stage) != 2:

@@ -11,6 +11,14 @@ The rollout contract (what the engine asks of a simulator) is
 ``rollout(model, context, inputs, ts) -> Rollout`` for ONE member and ONE sample:
 `context` is shared data (e.g. the geometry), `inputs` the per-sample inputs
 (e.g. the stimulus), `ts` the observation times. See :class:`Rollout`.
+
+Compilation is paid once per (topology, bucket size, rollout): everything that varies
+between calls is data. The learning rate lives in the optimizer state
+(``optax.inject_hyperparams``), the loss scale and APHYNITY weight are traced
+arguments, and training runs a fixed program of ``eval_every`` steps whose number of
+active steps is a traced count (``lax.cond`` skips the rest), so any step count,
+curriculum or learning rate reuses it. Restarts are members like any other (padded
+to the bucket).
 """
 
 from __future__ import annotations
@@ -26,29 +34,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._batching import replicate, shard_members
+from ..batching import replicate, shard_members
+from ..codes import ResultCode
 from ._config import FitConfig
-
-# Reason codes. 0-3 are the simulator's (contract); 4 is the engine's own.
-REASON_OK = 0
-REASON_NONFINITE = 1
-REASON_OUT_OF_BOUNDS = 2
-REASON_MAX_STEPS = 3
-REASON_NONFINITE_GRADIENT = 4
-REASONS = {
-    REASON_OK: "ok",
-    REASON_NONFINITE: "non-finite state",
-    REASON_OUT_OF_BOUNDS: "state left the model's bounds",
-    REASON_MAX_STEPS: "solver reached max_steps",
-    REASON_NONFINITE_GRADIENT: "non-finite loss or gradient",
-}
 
 
 class Rollout(eqx.Module):
     """What a rollout returns for one member and one sample.
 
     - `observed`: ``[time, node]`` observed potential in mV.
-    - `diverged`, `reason`, `t_diverged`: divergence as data (codes as in :data:`REASONS`).
+    - `diverged`, `reason`, `t_diverged`: divergence as data (`reason`: a
+      :class:`~leads_jax.codes.ResultCode` value).
     - `neural_sq`: mean square of the model's neural terms along the trajectory
       (the APHYNITY penalty; 0 for models without neural terms).
     """
@@ -118,18 +114,47 @@ class MemberStatus(eqx.Module):
 
 def make_optimizer(config: FitConfig) -> optax.GradientTransformation:
     """The per-member optimizer: clipping by global norm (of this member only), then the
-    update rule. Cached, so equal configurations share compiled programs."""
-    return _optimizer(config.optimizer, float(config.learning_rate), config.clip_norm)
+    update rule, whose learning rate is a hyperparameter in the optimizer *state*
+    (``optax.inject_hyperparams``): ``init`` writes ``config.learning_rate`` there and
+    ``update`` reads it from the state, so every learning rate shares one compiled
+    update."""
+    return _optimizer(config.optimizer, config.clip_norm, float(config.learning_rate))
+
+
+_RULES = {"adam": optax.adam, "adabelief": optax.adabelief, "sgd": optax.sgd}
 
 
 @functools.lru_cache(maxsize=32)
-def _optimizer(name, learning_rate, clip_norm):
-    rule = {"adam": optax.adam, "adabelief": optax.adabelief, "sgd": optax.sgd}[name]
+def _optimizer(name, clip_norm, learning_rate=1.0):
+    rule = _RULES[name]
+
+    def factory(learning_rate):
+        return rule(learning_rate)
+
     parts = []
     if clip_norm is not None:
         parts.append(optax.clip_by_global_norm(clip_norm))
-    parts.append(rule(learning_rate))
+    parts.append(optax.inject_hyperparams(factory)(learning_rate=learning_rate))
     return optax.chain(*parts)
+
+
+def _engine_optimizer(config: FitConfig) -> optax.GradientTransformation:
+    """The optimizer the compiled programs close over: one per (rule, clipping)."""
+    return _optimizer(config.optimizer, config.clip_norm)
+
+
+@functools.lru_cache(maxsize=32)
+def _init_fn(tx, batched):
+    def one(params, lr):
+        return optax.tree_utils.tree_set(tx.init(params), learning_rate=lr)
+
+    fn = jax.vmap(one, in_axes=(0, None)) if batched else one
+    return eqx.filter_jit(fn)
+
+
+def _loss_args(config: FitConfig):
+    """``(loss_scale, aphynity_weight)`` as traced data."""
+    return jnp.asarray([config.loss_scale, config.aphynity_weight], jnp.float32)
 
 
 def _strong(tree):
@@ -151,8 +176,8 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def member_loss(params, rest, context, data: SplitData, rollout: Callable, loss_scale: float,
-                aphynity_weight: float):
+def member_loss(params, rest, context, data: SplitData, rollout: Callable,
+                loss_scale: float | jax.Array, aphynity_weight: float | jax.Array):
     """Loss of ONE member on one split: trajectory MSE of ``V / loss_scale`` over
     samples, times and nodes, plus the APHYNITY penalty.
 
@@ -172,7 +197,7 @@ def member_loss(params, rest, context, data: SplitData, rollout: Callable, loss_
     diverged = jnp.any(out.diverged) | ~jnp.all(finite) | ~jnp.isfinite(loss)
     sample_reason = jnp.where(out.diverged, out.reason, 0)
     reason = jnp.max(sample_reason)
-    reason = jnp.where(diverged & (reason == 0), REASON_NONFINITE, reason)
+    reason = jnp.where(diverged & (reason == 0), int(ResultCode.NONFINITE_STATE), reason)
     t_div = jnp.min(jnp.where(out.diverged, out.t_diverged, jnp.inf))
     loss = jnp.where(diverged, jnp.inf, loss)
     mse = jnp.where(diverged, jnp.inf, mse)
@@ -193,7 +218,7 @@ def member_step(params, opt_state, status: MemberStatus, rest, context, data, *,
     params = _tree_where(do, eqx.apply_updates(params, updates), params)
     opt_state = _tree_where(do, new_opt, opt_state)
     dies = active & ~ok
-    reason = jnp.where(diverged, reason, REASON_NONFINITE_GRADIENT)
+    reason = jnp.where(diverged, reason, int(ResultCode.NONFINITE_GRADIENT))
     status = eqx.tree_at(
         lambda s: (s.alive, s.reason, s.t_diverged, s.steps),
         status,
@@ -211,23 +236,34 @@ def member_step(params, opt_state, status: MemberStatus, rest, context, data, *,
 _in_batched = eqx.if_array(0)
 
 
+def _step(params, opt_state, status, rest, context, data, loss_args, *, tx, rollout):
+    return member_step(params, opt_state, status, rest, context, data, tx=tx, rollout=rollout,
+                       loss_scale=loss_args[0], aphynity_weight=loss_args[1])
+
+
 @functools.lru_cache(maxsize=64)
-def _chunk_fn(tx, rollout, loss_scale, aphynity_weight, n_steps, batched):
-    """A jitted function running `n_steps` optimisation steps (lax.scan) for every member."""
-    step = functools.partial(member_step, tx=tx, rollout=rollout, loss_scale=loss_scale,
-                             aphynity_weight=aphynity_weight)
+def _chunk_fn(tx, rollout, chunk, batched):
+    """A jitted function running up to `chunk` optimisation steps (``lax.scan``) for every
+    member; the number of steps applied, ``n_active <= chunk``, is a traced argument
+    (the remaining steps are skipped by ``lax.cond``, not computed)."""
+    step = functools.partial(_step, tx=tx, rollout=rollout)
     if batched:
-        step = eqx.filter_vmap(step, in_axes=(_in_batched,) * 4 + (None, None))
+        step = eqx.filter_vmap(step, in_axes=(_in_batched,) * 4 + (None, None, None))
 
     @eqx.filter_jit
-    def run(params, opt_state, status, rest, context, data):
-        def body(carry, _):
-            p, o, s = carry
-            p, o, s, loss = step(p, o, s, rest, context, data)
-            return (p, o, s), loss
+    def run(params, opt_state, status, rest, context, data, n_active, loss_args):
+        def body(carry, i):
+            def do(c):
+                p, o, s, loss = step(*c, rest, context, data, loss_args)
+                return (p, o, s), loss
+
+            def skip(c):
+                return c, jnp.full(jnp.shape(c[2].alive), jnp.nan, jnp.float32)
+
+            return jax.lax.cond(i < n_active, do, skip, carry)
 
         (params, opt_state, status), losses = jax.lax.scan(
-            body, (params, opt_state, status), None, length=n_steps
+            body, (params, opt_state, status), jnp.arange(chunk)
         )
         return params, opt_state, status, losses
 
@@ -235,15 +271,15 @@ def _chunk_fn(tx, rollout, loss_scale, aphynity_weight, n_steps, batched):
 
 
 @functools.lru_cache(maxsize=64)
-def _eval_fn(rollout, loss_scale, aphynity_weight, batched):
-    def one(params, rest, context, data):
+def _eval_fn(rollout, batched):
+    def one(params, rest, context, data, loss_args):
         loss, (mse, diverged, reason, t_div) = member_loss(
-            params, rest, context, data, rollout, loss_scale, aphynity_weight
+            params, rest, context, data, rollout, loss_args[0], loss_args[1]
         )
         return loss, mse, diverged, reason, t_div
 
     if batched:
-        one = eqx.filter_vmap(one, in_axes=(_in_batched, _in_batched, None, None))
+        one = eqx.filter_vmap(one, in_axes=(_in_batched, _in_batched, None, None, None))
     return eqx.filter_jit(one)
 
 
@@ -305,24 +341,25 @@ def train_members(
     """
     t_start = time.perf_counter()
     params, rest = _strong((params, rest))
-    tx = make_optimizer(config)
-    lossargs = (config.loss_scale, config.aphynity_weight)
+    tx = _engine_optimizer(config)
+    lr = jnp.asarray(config.learning_rate, jnp.float32)
+    loss_args = _loss_args(config)
+    opt_state = _strong(_init_fn(tx, batched)(params, lr))
     if batched:
         n = jax.tree.leaves(params)[0].shape[0]
-        opt_state = _strong(jax.vmap(tx.init)(params))
         status = MemberStatus.init(n)
         params, opt_state, status, rest = shard_members((params, opt_state, status, rest), mesh)
         context, train, val = replicate((context, train, val), mesh)
     else:
-        opt_state = _strong(tx.init(params))
         status = jax.tree.map(lambda x: x[0], MemberStatus.init(1))
     monitor = val if val is not None else train
-    evaluate = _eval_fn(rollout, *lossargs, batched)
+    evaluate = _eval_fn(rollout, batched)
+    run = _chunk_fn(tx, rollout, config.eval_every, batched)
     patience = config.patience if config.patience is not None else 2**30
     curves, val_losses, val_steps = [], [], []
 
     def check(params, best_params, status, step):
-        vloss = evaluate(params, rest, context, monitor)[0]
+        vloss = evaluate(params, rest, context, monitor, loss_args)[0]
         if batched:
             best_params, status = _track_best(params, best_params, status, vloss,
                                               jnp.asarray(step, jnp.int32),
@@ -349,10 +386,10 @@ def train_members(
         done = 0
         while done < n_stage:
             n_steps = min(config.eval_every, n_stage - done)
-            run = _chunk_fn(tx, rollout, *lossargs, n_steps, batched)
             params, opt_state, status, losses = run(params, opt_state, status, rest, context,
-                                                    sub)
-            curves.append(np.asarray(losses))
+                                                    sub, jnp.asarray(n_steps, jnp.int32),
+                                                    loss_args)
+            curves.append(np.asarray(losses)[:n_steps])
             done += n_steps
         step += n_stage
     if config.curriculum:
@@ -362,9 +399,9 @@ def train_members(
     steps_done = 0
     while steps_done < config.steps:
         n_steps = min(config.eval_every, config.steps - steps_done)
-        run = _chunk_fn(tx, rollout, *lossargs, n_steps, batched)
-        params, opt_state, status, losses = run(params, opt_state, status, rest, context, train)
-        curves.append(np.asarray(losses))
+        params, opt_state, status, losses = run(params, opt_state, status, rest, context, train,
+                                                jnp.asarray(n_steps, jnp.int32), loss_args)
+        curves.append(np.asarray(losses)[:n_steps])
         steps_done += n_steps
         step += n_steps
         best_params, status = check(params, best_params, status, step)
@@ -397,8 +434,6 @@ def evaluate_members(params, rest, *, rollout, context, data: SplitData, config:
     if batched:
         params, rest = shard_members((params, rest), mesh)
         context, data = replicate((context, data), mesh)
-    out = _eval_fn(rollout, config.loss_scale, config.aphynity_weight, batched)(
-        params, rest, context, data
-    )
+    out = _eval_fn(rollout, batched)(params, rest, context, data, _loss_args(config))
     names = ("loss", "mse", "diverged", "reason", "t_diverged")
     return {k: np.asarray(v) for k, v in zip(names, out, strict=True)}

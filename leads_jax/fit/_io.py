@@ -19,6 +19,10 @@ import tempfile
 
 import equinox as eqx
 import jax
+import numpy as np
+
+from ..compile import compile_structure
+from ..structure import Structure
 
 FORMAT = "leads-jax-candidate/1"
 
@@ -75,15 +79,10 @@ def save_candidate(path, model, structure=None, *, metadata: dict | None = None)
 
 
 def _json_default(x):
-    try:
-        import numpy as np
-
-        if isinstance(x, np.generic):
-            return x.item()
-        if isinstance(x, (np.ndarray, jax.Array)):
-            return np.asarray(x).tolist()
-    except Exception:  # pragma: no cover
-        pass
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return np.asarray(x).tolist()
     raise TypeError(f"metadata value {x!r} is not JSON-serialisable")
 
 
@@ -115,17 +114,12 @@ def load_candidate(path, geometry=None, *, like=None):
             raise ValueError(
                 "load_candidate needs `geometry` (to recompile the structure) or `like`"
             )
-        from ..compile import compile_structure
-        from ..structure import Structure
-
         structure = Structure.from_json(json.dumps(structure))
         like = compile_structure(structure, geometry, key=jax.random.key(0))
     else:
         try:
-            from ..structure import Structure
-
             structure = Structure.from_json(json.dumps(structure))
-        except Exception:
+        except (ValueError, TypeError):
             pass
     with open(path, "rb") as f:
         f.readline()

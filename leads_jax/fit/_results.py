@@ -37,6 +37,7 @@ class CandidateRecord:
     train_curve: np.ndarray
     val_curve: np.ndarray
     val_steps: np.ndarray
+    warning: str = ""  # e.g. dt above the candidate's stable step ("" when none)
 
 
 def _pad_rows(rows, fill=np.nan):
@@ -82,6 +83,8 @@ def build_dataset(records: list[CandidateRecord], attrs: dict[str, Any]) -> xr.D
             "stable": var([bool(r.stable) for r in records], "", "stability verdict of the audit"),
             "stability_reason": var([r.stability_reason for r in records], "", "why unstable"),
             "fit_status": var([r.fit_status for r in records], "", "how training ended"),
+            "warning": var([r.warning for r in records], "",
+                           "problem found before training, e.g. dt above the stable step"),
             "diverged_reason": var([r.diverged_reason for r in records], "",
                                    "divergence reason during training ('' when none)"),
             "t_diverged": var([r.t_diverged for r in records], "ms",
@@ -116,7 +119,8 @@ class FitResult:
 
     - `dataset`: ``xarray.Dataset`` indexed by candidate (see :func:`build_dataset`).
     - `models`: the fitted model of each candidate (best restart), in candidate order.
-    - `structures`: the candidates as given.
+    - `structures`: the candidates' structures (``None`` for candidates given as
+      compiled models).
     """
 
     dataset: xr.Dataset

@@ -40,6 +40,33 @@ class StructureError(ValueError):
         super().__init__(f"structure rule {rule!r} broken: {detail}")
 
 
+def _py_scalar(x):
+    """A NumPy or JAX real scalar (0-d, not bool) as a Python float (int for integer
+    dtypes); anything else unchanged, so the grammar rules judge it. Values from LLM
+    replies and array code arrive as such scalars."""
+    if x is None or isinstance(x, bool | int | float | str):
+        return x
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or getattr(x, "shape", None) != () or dtype.kind not in "iuf":
+        return x
+    try:
+        v = x.item()
+    except Exception:  # a traced value: leave it to the rules (which reject it)
+        return x
+    return int(v) if dtype.kind in "iu" else float(v)
+
+
+def _coerce_fields(obj, names):
+    for n in names:
+        object.__setattr__(obj, n, _py_scalar(getattr(obj, n)))
+
+
+def _coerce_hidden(obj):
+    h = obj.hidden
+    if isinstance(h, list | tuple):
+        object.__setattr__(obj, "hidden", tuple(_py_scalar(x) for x in h))
+
+
 @dataclasses.dataclass(frozen=True)
 class ParameterChoice:
     """How one physical parameter is treated.
@@ -57,6 +84,9 @@ class ParameterChoice:
     mode: str = "free"
     value: float | None = None
 
+    def __post_init__(self):
+        _coerce_fields(self, ("value",))
+
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionTerm:
@@ -69,6 +99,10 @@ class DiffusionTerm:
     kind: str = "laplacian"
     hidden: tuple[int, ...] | None = None
     max_gain: float | None = None
+
+    def __post_init__(self):
+        _coerce_fields(self, ("max_gain",))
+        _coerce_hidden(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +128,10 @@ class ClosureTerm:
     max_rate: float | None = None
     tau_min: float | None = None
     tau_max: float | None = None
+
+    def __post_init__(self):
+        _coerce_fields(self, ("max_rate", "tau_min", "tau_max"))
+        _coerce_hidden(self)
 
 
 def _fields(cls) -> tuple[str, ...]:
