@@ -90,12 +90,41 @@ def _run_calibrate(args) -> int:
     return 0
 
 
+def _add_world(sub):
+    # the world model (ecg_world.world; flax is imported only when these run)
+    p = sub.add_parser("train", help="train the ECG world model on a cohort netCDF")
+    p.add_argument("--data", type=pathlib.Path, required=True, help="cohort .nc (ecg-world synth)")
+    p.add_argument("--out", type=pathlib.Path, required=True, help="model directory to write")
+    p.add_argument("--preset", choices=["quick", "full"], default="quick")
+    p.add_argument("--no-anchor", action="store_true", help="switch the energy anchor term off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--steps", type=int, default=None, help="diffusion steps (preset's default)")
+    p.add_argument("--ae-steps", type=int, default=None, help="autoencoder steps")
+    p = sub.add_parser("simulate", help="imagine post-intervention ECGs with a world model")
+    p.add_argument("--model", type=pathlib.Path, required=True, help="model directory")
+    p.add_argument("--record", required=True,
+                   help="WFDB record path, or COHORT.nc:PATIENT_INDEX (its pre-dose segment)")
+    p.add_argument("--drug", required=True)
+    p.add_argument("--dose", type=float, default=None, help="default: the drug's standard dose")
+    p.add_argument("--unit", default=None, help="dose unit (g, mg, ug); default: the drug's")
+    p.add_argument("--hours", type=float, nargs="+", default=[2.0], help="hours after dose")
+    p.add_argument("-k", type=int, default=64, help="rollouts")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+    p.add_argument("--sampler", default="ddim", help="ddim or ancestral")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start", type=float, default=0.0, help="strip start in the record (s)")
+    p.add_argument("--drugs-file", type=pathlib.Path, default=None, help="extra drugs (JSON)")
+    p.add_argument("--out", type=pathlib.Path, required=True, help="output folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecg-world", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     _add_calibrate(sub)
+    _add_world(sub)
     try:
         from . import _cli_intervals
     except ImportError:
@@ -113,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             return _run_synth(args)
         if args.command == "calibrate":
             return _run_calibrate(args)
+        if args.command in ("train", "simulate"):
+            from .world import commands
+
+            return (commands.run_train if args.command == "train" else
+                    commands.run_simulate)(args)
         if args.command == "intervals":
             from . import _cli_intervals
 

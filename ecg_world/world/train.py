@@ -262,7 +262,7 @@ def train(data: str | pathlib.Path, out: str | pathlib.Path, config: TrainConfig
             raise ValueError(f"--resume: the checkpoint in {out} was made with another "
                              f"training config ({ckpt[0]['config']}); use the same settings")
     elif (out / "checkpoint").exists() or (out / "config.json").exists():
-        raise FileExistsError(f"{out} already holds a model or checkpoint; pass --resume to "
+        raise ValueError(f"{out} already holds a model or checkpoint; pass --resume to "
                               "continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     prep = prepared or prepare_data(data, seed=cfg.seed, anchor_steps=cfg.anchor_steps,
