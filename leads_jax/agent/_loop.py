@@ -1,0 +1,718 @@
+"""The discovery loop: propose -> fit (in parallel) -> observe -> reflect -> propose.
+
+:func:`discover` runs rounds until a stop rule fires:
+
+1. **propose**: the policy reads an :class:`~leads_jax.agent.AgentContext` and returns
+   up to ``K`` proposals; each is applied by the grammar (a rejection is logged with its
+   rule and field, never executed) and looked up in the **memory**, keyed by the
+   candidate's canonical form, so nothing is fitted twice;
+2. **fit**: all new candidates of the round in ONE :func:`leads_jax.fit.fit` call
+   (grouped by topology, vmapped, compiled once per topology and process);
+3. **observe**: every fitted candidate is rolled out on the validation sites over the
+   whole record and summarised (:mod:`leads_jax.agent._observe`);
+4. **reflect**: the policy states what to change and why (saved in the transcript);
+5. the round is written atomically under ``out/`` (:mod:`leads_jax.agent._io`).
+
+Stop rules (:class:`Budget`): rounds, candidates, wall time, `patience` rounds without
+an improvement of the best validation error by more than the selection margin, a
+``stop`` action, or a round with nothing new to fit.
+
+**Selection** (:func:`select`): among stable candidates, the best validation RMSE
+``best`` sets a margin ``max(rel_tol * best, noise_tol * sigma)`` (``sigma``: the
+data's noise level); every candidate within ``best + margin`` is *within noise* of the
+best, and the simplest of those (fewest fitted scalars; then lower validation error)
+wins. Defaults ``rel_tol = 0.05``, ``noise_tol = 0.25``. The winner is then scored
+**once** on the test pacing sites over the whole record (``test_rmse``), data that
+neither the fits, the observations nor the selection used.
+
+**Compilation** is measured from JAX's own compile events: each round reports the
+number of backend compilations, those of the training program (one per new topology
+group), and their seconds apart from training. A round that brings no new topology
+compiles no training program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from ..compile import bucket_size
+from ..structure import Catalog, Structure
+from . import _io
+from ._actions import ActionRejected, Proposal, apply_proposal, describe_action
+from ._catalog_doc import render_catalog_doc
+from ._data import DiscoveryData, discovery_data
+from ._observe import Observation, observe, predict, render_observations
+from ._policy import AgentContext, ModelProposal, Policy, candidate_key
+
+__all__ = ["Budget", "CompileLog", "DiscoveryResult", "Selection", "discover", "select"]
+
+TRAIN_PROGRAMS = ("jit(run)", "jit(_chunk)", "jit(train)")
+"""Names (JAX ``fun_name``) of the fitting engine's training program."""
+HEAVY_COMPILE_S = 0.25
+"""Compilations longer than this are counted as programs (shorter ones are the tiny
+eager operations of array bookkeeping)."""
+
+
+# ---------------------------------------------------------------------------------------
+# budgets and selection
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Stop rules of a run.
+
+    - `rounds`: at most this many rounds.
+    - `candidates`: at most this many fitted candidates in all.
+    - `seconds`: wall-time budget (checked before each round); ``None``: none.
+    - `patience`: stop after this many rounds without improvement (``None``: never).
+    - `k`: candidates proposed per round.
+    - `max_cost` (USD), `max_tokens`: the LLM budget (LLM policy only).
+    """
+
+    rounds: int = 4
+    candidates: int = 16
+    seconds: float | None = None
+    patience: int | None = 2
+    k: int = 5
+    max_cost: float | None = None
+    max_tokens: int | None = None
+
+    def __post_init__(self):
+        def whole(name, v, minimum=1):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
+                raise ValueError(f"Budget.{name} must be an integer >= {minimum}; got {v!r}")
+            object.__setattr__(self, name, int(v))
+
+        whole("rounds", self.rounds)
+        whole("candidates", self.candidates)
+        whole("k", self.k)
+        if self.patience is not None:
+            whole("patience", self.patience)
+        for name in ("seconds", "max_cost"):
+            v = getattr(self, name)
+            if v is not None:
+                if isinstance(v, bool) or not (float(v) > 0 and math.isfinite(float(v))):
+                    raise ValueError(f"Budget.{name} must be a positive number or None; "
+                                     f"got {v!r}")
+                object.__setattr__(self, name, float(v))
+        if self.max_tokens is not None:
+            whole("max_tokens", self.max_tokens)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The complexity penalty (module docstring): within noise of the best validation
+    RMSE means ``val <= best + max(rel_tol * best, noise_tol * sigma)``."""
+
+    rel_tol: float = 0.05
+    noise_tol: float = 0.25
+
+    def __post_init__(self):
+        for name in ("rel_tol", "noise_tol"):
+            v = getattr(self, name)
+            if not (float(v) >= 0 and math.isfinite(float(v))):
+                raise ValueError(f"Selection.{name} must be a finite number >= 0; got {v!r}")
+
+    def margin(self, best: float, noise: float) -> float:
+        noise = noise if math.isfinite(noise) else 0.0
+        return max(self.rel_tol * best, self.noise_tol * noise)
+
+
+def select(observations, noise: float, selection: Selection | None = None):
+    """``(winner id or None, table)``; `table` lists every stable candidate, best
+    validation error first, with ``within_noise`` and ``selected`` flags."""
+    sel = Selection() if selection is None else selection
+    good = [o for o in observations if o.stable and math.isfinite(o.val_rmse)]
+    if not good:
+        return None, []
+    best = min(o.val_rmse for o in good)
+    margin = sel.margin(best, noise)
+    within = [o for o in good if o.val_rmse <= best + margin]
+    winner = min(within, key=lambda o: (o.n_params, o.val_rmse, o.id))
+    table = [{"id": o.id, "val_rmse": o.val_rmse, "n_params": o.n_params,
+              "within_noise": o.val_rmse <= best + margin, "selected": o.id == winner.id}
+             for o in sorted(good, key=lambda o: (o.val_rmse, o.n_params, o.id))]
+    return winner.id, table
+
+
+# ---------------------------------------------------------------------------------------
+# compile accounting
+# ---------------------------------------------------------------------------------------
+class CompileLog:
+    """Records JAX backend compilations while active (``with CompileLog() as log``)."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.events: list[tuple[str, float]] = []
+
+    def _cb(self, event, duration, **kw):
+        if event == self.EVENT:
+            self.events.append((str(kw.get("fun_name", "")), float(duration)))
+
+    def __enter__(self):
+        from jax._src import monitoring
+
+        monitoring.register_event_duration_secs_listener(self._cb)
+        return self
+
+    def __exit__(self, *exc):
+        from jax._src import monitoring
+
+        with contextlib.suppress(Exception):
+            monitoring.unregister_event_duration_listener(self._cb)
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(d for _, d in self.events))
+
+    @property
+    def n_programs(self) -> int:
+        return sum(1 for _, d in self.events if d >= HEAVY_COMPILE_S)
+
+    @property
+    def n_train_programs(self) -> int:
+        return sum(1 for n, _ in self.events if n in TRAIN_PROGRAMS)
+
+    def summary(self) -> dict:
+        return {"n_compilations": len(self.events), "n_programs": self.n_programs,
+                "n_train_programs": self.n_train_programs, "compile_seconds": self.seconds}
+
+
+# ---------------------------------------------------------------------------------------
+# candidates
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Candidate:
+    id: int
+    round: int
+    parent: int | None
+    origin: str
+    key: str
+    structure: Structure | None = None
+    model_spec: dict | None = None  # non-grammar baselines: {"kind": ..., ...}
+
+    def spec_json(self) -> str:
+        if self.structure is not None:
+            return self.structure.to_json()
+        return json.dumps(self.model_spec, sort_keys=True)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "round": self.round, "parent": self.parent,
+                "origin": self.origin, "key": self.key,
+                "structure": None if self.structure is None else self.structure.to_dict(),
+                "model_spec": self.model_spec}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Candidate:
+        s = d.get("structure")
+        return cls(int(d["id"]), int(d["round"]), d.get("parent"), str(d.get("origin", "")),
+                   str(d["key"]), None if s is None else Structure.from_dict(s),
+                   d.get("model_spec"))
+
+    @property
+    def reaction(self) -> str | None:
+        return None if self.structure is None else self.structure.canonical().reaction
+
+    def formula(self) -> str:
+        if self.structure is not None:
+            return self.structure.formula()
+        return json.dumps(self.model_spec, sort_keys=True)
+
+
+@dataclasses.dataclass
+class DiscoveryResult:
+    """What :func:`discover` returns.
+
+    - `best`: the selected structure (``Structure``), or the spec of a non-grammar
+      winner (dict); ``None`` when nothing was stable.
+    - `best_id`, `observation`: its id and observation; `model`: its fitted model.
+    - `test_rmse`: its RMSE (mV) on the test pacing sites over the whole record
+      (``nan`` when the data have no test split; ``inf`` when it diverges there).
+    - `history`: every observation, in id order; `selection`: the selection table.
+    - `rounds`, `stop_reason`, `timings` (compile vs train seconds, compilations per
+      round), `report` (paths of report.md, results.nc, figures), `out`, `transcript`.
+    """
+
+    best: Any
+    best_id: int | None
+    model: Any
+    observation: Observation | None
+    test_rmse: float
+    history: list[Observation]
+    selection: list[dict]
+    rounds: int
+    stop_reason: str
+    timings: list[dict]
+    report: dict
+    out: pathlib.Path | None
+    transcript: list[dict]
+    method: str = "leads"
+    policy: str = "offline"
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------
+def _check_key(key):
+    if isinstance(key, int | np.integer) or key is None:
+        raise ValueError(
+            f"discover: key must be a JAX PRNG key such as jax.random.key(0); got {key!r}")
+    try:
+        jax.random.fold_in(key, 0)
+    except Exception:
+        raise ValueError(f"discover: key must be a JAX PRNG key such as jax.random.key(0); "
+                         f"got {type(key).__name__}") from None
+    return key
+
+
+def _default_config(data: DiscoveryData):
+    from ..fit import FitConfig
+
+    return FitConfig(steps=150, learning_rate=2e-2, eval_every=10, patience=5)
+
+
+def _resolve_catalog(catalog, data: DiscoveryData) -> Catalog:
+    cat = Catalog.default() if catalog is None else catalog
+    if not isinstance(cat, Catalog):
+        raise ValueError(f"discover: catalog must be a leads_jax.structure.Catalog; got "
+                         f"{type(cat).__name__}")
+    if data.geometry.n_edges == 0 and "none" in cat.diffusions:
+        cat = dataclasses.replace(cat, diffusions=("none",))
+    return cat
+
+
+def _fit_dt(config, data: DiscoveryData, model) -> float:
+    dt = config.dt if config.dt is not None else float(data.dataset.attrs.get("dt", 0) or 0)
+    return float(dt) if dt and dt > 0 else float(model.default_dt)
+
+
+def _score_test(model, data: DiscoveryData, config) -> float:
+    if data.test is None or model is None:
+        return math.nan
+    dt = _fit_dt(config, data, model)
+    pred, _, div, _ = predict([model], data.geometry, data.test.stimuli, data.test.ts,
+                              solver=config.solver, dt=dt)
+    if bool(np.any(div[0])) or not np.all(np.isfinite(pred[0])):
+        return math.inf
+    return float(np.sqrt(np.mean((pred[0] - data.test.observed) ** 2)))
+
+
+def _settings(method, policy_name, budget, config, selection, catalog, data, seed_text, k):
+    return {"method": method, "policy": policy_name, "budget": budget.to_dict(),
+            "fit_config": config.to_dict(), "selection": dataclasses.asdict(selection),
+            "catalog": dataclasses.asdict(catalog), "data": data.source,
+            "data_summary": data.summary(), "key": seed_text, "k": k}
+
+
+def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
+             budget: Budget | None = None, key, out=None, resume: bool = False,
+             catalog: Catalog | None = None, config=None, selection: Selection | None = None,
+             llm: Mapping | None = None, progress: bool = True,
+             write_report: bool = True, pad_groups: bool = True) -> DiscoveryResult:
+    """Discover a model structure for `data` (module docstring).
+
+    **Arguments:**
+
+    - `data`: a dataset (``xarray.Dataset`` in the :mod:`leads_jax.datasets` format, e.g.
+      from ``make_dataset`` or ``from_recording``) or its path. It needs train and val
+      splits; test samples, if any, are kept apart for the final score.
+    - `policy`: ``"offline"`` (default), ``"llm"`` (with `llm`: keyword arguments of
+      :class:`~leads_jax.agent._llm.LLMClient`, e.g. ``{"model": "openai/gpt-4o-mini"}``),
+      or a :class:`~leads_jax.agent.Policy`.
+    - `method`: ``"leads"`` or a baseline / ablation (:data:`~leads_jax.agent.METHODS`).
+    - `budget`: a :class:`Budget`; `selection`: a :class:`Selection`.
+    - `key`: a JAX PRNG key (keyword-only); every random choice derives from it.
+    - `out`: folder for the run (rounds, transcript, report); ``None``: nothing written.
+    - `resume`: continue the run in `out` from its last finished round.
+    - `catalog`: the terms the search may use (default: the full catalog).
+    - `config`: a :class:`~leads_jax.fit.FitConfig` for every fit.
+    - `progress`: a progress bar (round, candidates, best score).
+    - `pad_groups`: pad every topology group to the round size ``K`` (``min_bucket``),
+      so no round recompiles a topology because it brings more of its candidates.
+
+    Bad inputs (missing variables, no validation split, a zero budget, an unknown
+    policy, method or provider, a missing API key) raise ``ValueError`` before any
+    compilation.
+    """
+    from ..fit import FitConfig
+    from ._methods import resolve_method
+
+    key = _check_key(key)
+    budget = Budget() if budget is None else budget
+    if not isinstance(budget, Budget):
+        raise ValueError(f"discover: budget must be a Budget; got {type(budget).__name__}")
+    selection = Selection() if selection is None else selection
+    spec = resolve_method(method)
+    d = discovery_data(data)
+    cat = _resolve_catalog(catalog, d)
+    if config is None:
+        config = _default_config(d)
+    elif isinstance(config, Mapping):
+        config = FitConfig(**config)
+    if not isinstance(config, FitConfig):
+        raise ValueError(f"discover: config must be a FitConfig; got {type(config).__name__}")
+    config = spec.adjust_config(config, budget)
+    pol = spec.make_policy(policy, budget=budget, llm=llm, catalog=cat, data=d)
+    k = spec.per_round(budget)
+    if pad_groups and config.min_bucket < bucket_size(k):
+        # Every topology group is padded to the round size, so a topology compiles once
+        # per run whatever number of its candidates a round brings.
+        config = dataclasses.replace(config, min_bucket=bucket_size(k))
+    rounds_max = spec.rounds(budget)
+    seed_text = str(np.asarray(jax.random.key_data(key)).ravel().tolist())
+    settings = _settings(spec.name, pol.name, budget, config, selection, cat, d, seed_text, k)
+
+    outp = None if out is None else pathlib.Path(out)
+    done: list[int] = []
+    if outp is not None:
+        run_json = outp / "run.json"
+        if resume and run_json.exists():
+            old = _io.read_json(run_json)
+            diff = sorted(kk for kk in settings if old.get(kk) != _io._unclean(
+                json.loads(_io.dumps(settings[kk]))))
+            if diff:
+                raise ValueError(f"discover: resume=True but {sorted(diff)} differ from the "
+                                 f"run in {outp} (run.json); resume with the same settings")
+            done = _io.finished_rounds(outp)
+        elif run_json.exists() and not resume:
+            raise ValueError(f"discover: {outp} already holds a run; pass resume=True to "
+                             "continue it or choose a new --out folder")
+        else:
+            _io.write_json(run_json, settings)
+
+    # -- state ------------------------------------------------------------------------
+    cands: list[Candidate] = []
+    obs: dict[int, Observation] = {}
+    memory: dict[str, int] = {}
+    reflections: list[str] = []
+    transcript: list[dict] = []
+    timings: list[dict] = []
+    models: dict[int, Any] = {}
+    stop_reason = ""
+    last_rejections: list[dict] = []
+    for r in done:
+        rd = _io.round_dir(outp, r)
+        rc = [Candidate.from_dict(x) for x in _io.read_json(rd / "structures.json")]
+        cands += rc
+        for x in _io.read_json(rd / "metrics.json"):
+            o = Observation.model_validate(x)
+            obs[o.id] = o
+        for c in rc:
+            memory.setdefault(c.key, c.id)
+        tr = _io.read_jsonl(rd / "transcript.jsonl")
+        transcript += tr
+        reflections += [t["text"] for t in tr if t.get("event") == "reflect"]
+        last_rejections = [t for t in tr if t.get("event") == "rejected"]
+        stops = [t for t in tr if t.get("event") == "stop"]
+        timings.append(_io.read_json(rd / "timings.json"))
+        pol.restore(_io.read_json(rd / "policy.json"))
+        if stops:
+            stop_reason = stops[-1]["reason"]
+
+    t_start = time.perf_counter() - sum(t.get("round_seconds", 0.0) for t in timings)
+    bar = _Progress(rounds_max, progress)
+    bar.update(len(done), len(cands), _best_val(obs.values()), None)
+    best_before = _best_val(obs.values())
+    no_improve = 0
+    for t in timings:
+        no_improve = t.get("no_improve", 0)
+    r = len(done)
+    try:
+        while not stop_reason:
+            if r >= rounds_max:
+                stop_reason = f"round budget reached ({rounds_max})"
+                break
+            left = budget.candidates - len(cands)
+            if left <= 0:
+                stop_reason = f"candidate budget reached ({budget.candidates})"
+                break
+            if budget.seconds is not None and time.perf_counter() - t_start > budget.seconds:
+                stop_reason = f"wall-time budget reached ({budget.seconds:g} s)"
+                break
+            t_round = time.perf_counter()
+            rkey = jax.random.fold_in(key, r)
+            visible = list(obs.values()) if spec.memory else [
+                obs[c.id] for c in cands if c.round == r - 1 and c.id in obs]
+            ctx = _context(r, min(k, left), cat, d, visible, obs, cands, reflections,
+                           last_rejections, memory if spec.memory else {}, rounds_max - r,
+                           left, selection, spec.memory)
+            items = pol.propose(ctx, min(k, left), key=jax.random.fold_in(rkey, 1))
+            events = [{"event": "propose", "round": r, "policy": pol.name,
+                       "proposals": _dump(items)}]
+            events += _policy_events(pol, r)
+            new: list[Candidate] = []
+            rejections = []
+            stop_now = ""
+            taken = set()
+            for item in items:
+                if isinstance(item, Proposal) and any(a.kind == "stop" for a in item.actions):
+                    stop_now = next(a.reason for a in item.actions if a.kind == "stop") or \
+                        "the policy asked to stop"
+                    if all(a.kind == "stop" for a in item.actions):
+                        continue
+                try:
+                    c = _make_candidate(item, len(cands) + len(new), r, cands, obs, cat,
+                                        spec.memory)
+                except ActionRejected as e:
+                    rejections.append({"event": "rejected", "round": r, **e.to_dict(),
+                                       "proposal": _dump([item])[0]})
+                    continue
+                if (spec.memory and c.key in memory) or c.key in taken:
+                    rejections.append({"event": "rejected", "round": r, "rule": "in-memory",
+                                       "field": "", "action": "", "message":
+                                       f"already fitted as #{memory.get(c.key, '?')}; not "
+                                       "refitted", "proposal": _dump([item])[0]})
+                    continue
+                taken.add(c.key)
+                new.append(c)
+                if len(new) >= left:
+                    break
+            events += rejections
+            last_rejections = rejections
+            if not new:
+                stop_reason = stop_now or "the policy proposed nothing new"
+                events.append({"event": "stop", "round": r, "reason": stop_reason})
+                transcript += events
+                break
+            # -- fit ------------------------------------------------------------------
+            from ..fit import fit
+
+            t_fit = time.perf_counter()
+            with CompileLog() as clog:
+                result = fit(_fit_inputs(new, spec, d, jax.random.fold_in(rkey, 3)), d.search,
+                             config, key=jax.random.fold_in(rkey, 2), progress=False)
+            fit_s = time.perf_counter() - t_fit
+            fitted_models = list(result.models)
+            events.append({"event": "fit", "round": r, "candidates": [c.id for c in new],
+                           "topologies": len({str(x) for x in
+                                              result.dataset["topology"].values})})
+            # -- observe --------------------------------------------------------------
+            t_obs = time.perf_counter()
+            with CompileLog() as olog:
+                dt = _fit_dt(config, d, fitted_models[0])
+                round_obs = observe(
+                    ids=[c.id for c in new], rounds=[r] * len(new),
+                    parents=[c.parent for c in new], origins=[c.origin for c in new],
+                    specs=[c.spec_json() for c in new], formulas=[c.formula() for c in new],
+                    reactions=[c.reaction for c in new], records=result.dataset,
+                    models=fitted_models, data=d, solver=config.solver, dt=dt,
+                    min_bucket=config.min_bucket)
+            obs_s = time.perf_counter() - t_obs
+            for c, o, m in zip(new, round_obs, fitted_models, strict=True):
+                obs[c.id] = o
+                models[c.id] = m
+                memory.setdefault(c.key, c.id)
+            cands += new
+            events.append({"event": "observe", "round": r,
+                           "text": render_observations(round_obs)})
+            # -- reflect --------------------------------------------------------------
+            best_now = _best_val(obs.values())
+            visible = list(obs.values()) if spec.memory else round_obs
+            ctx = _context(r, k, cat, d, visible, obs, cands, reflections, rejections,
+                           memory if spec.memory else {}, rounds_max - r - 1,
+                           budget.candidates - len(cands), selection, spec.memory)
+            if spec.reflect:
+                text = pol.reflect(ctx)
+                reflections.append(text)
+                events.append({"event": "reflect", "round": r, "text": text})
+            events += _policy_events(pol, r)
+            winner, _ = select(obs.values(), d.noise_std, selection)
+            events.append({"event": "best", "round": r, "selected": winner,
+                           "best_val_rmse": best_now,
+                           "top": [o.id for o in ctx.top]})
+            margin = selection.margin(best_before, d.noise_std) if math.isfinite(
+                best_before) else 0.0
+            if math.isfinite(best_now) and (not math.isfinite(best_before)
+                                            or best_now < best_before - margin):
+                no_improve = 0
+            else:
+                no_improve += 1
+            best_before = min(best_before, best_now)
+            if stop_now:
+                stop_reason = stop_now
+            elif budget.patience is not None and no_improve >= budget.patience:
+                stop_reason = f"no improvement for {no_improve} round(s)"
+            if stop_reason:
+                events.append({"event": "stop", "round": r, "reason": stop_reason})
+            timing = {"round": r, "n_candidates": len(new), "fit_seconds": fit_s,
+                      "observe_seconds": obs_s, **{f"fit_{a}": b for a, b in
+                                                   clog.summary().items()},
+                      **{f"observe_{a}": b for a, b in olog.summary().items()},
+                      "train_seconds": max(fit_s - clog.seconds, 0.0),
+                      "round_seconds": time.perf_counter() - t_round,
+                      "no_improve": no_improve}
+            timings.append(timing)
+            transcript += events
+            if outp is not None:
+                _write_round(outp, r, new, round_obs, result, fitted_models, events, timing,
+                             pol.state())
+                _io.atomic_write_text(outp / "transcript.jsonl", _io.jsonl(transcript))
+            r += 1
+            bar.update(r, len(cands), best_now, winner)
+    finally:
+        bar.close()
+
+    # -- selection and the held-out score ----------------------------------------------
+    history = [obs[i] for i in sorted(obs)]
+    winner, table = select(history, d.noise_std, selection)
+    best = model = observation = None
+    test_rmse = math.nan
+    if winner is not None:
+        c = cands[winner]
+        best = c.structure if c.structure is not None else c.model_spec
+        observation = obs[winner]
+        model = models.get(winner)
+        if model is None and outp is not None:
+            model = _load_model(outp, c, d, spec)
+        test_rmse = _score_test(model, d, config)
+    notes = spec.notes(pol)
+    res = DiscoveryResult(best, winner, model, observation, test_rmse, history, table, r,
+                          stop_reason, timings, {}, outp, transcript, spec.name, pol.name,
+                          notes)
+    if outp is not None:
+        from ._report import write_final, write_report as _write_report
+
+        write_final(outp, res, d, config)
+        if write_report:
+            res.report = _write_report(outp)
+    return res
+
+
+def _best_val(observations) -> float:
+    vals = [o.val_rmse for o in observations if o.stable and math.isfinite(o.val_rmse)]
+    return min(vals) if vals else math.inf
+
+
+def _context(r, k, cat, d, visible, obs, cands, reflections, rejections, memory, rounds_left,
+             left, selection, with_memory) -> AgentContext:
+    winner, table = select(visible, d.noise_std, selection)
+    top_ids = [row["id"] for row in table[:3]]
+    by_id = {o.id: o for o in visible}
+    vis_ids = set(by_id)
+    structures = {c.id: c.structure for c in cands if c.structure is not None
+                  and c.id in vis_ids}
+    fitted = {i: (structures[i], dict(by_id[i].params)) for i in structures}
+    return AgentContext(
+        round=r, k=k, catalog=cat, catalog_doc=render_catalog_doc(cat),
+        data_summary=d.summary(), noise_std=d.noise_std, n_regions=d.geometry.n_regions,
+        state_names=d.state_names, observations=list(visible),
+        last_round=[o for o in visible if o.round == r - 1] if with_memory else list(visible),
+        top=[by_id[i] for i in top_ids], structures=structures, fitted=fitted,
+        tried=set(memory), reflections=list(reflections) if with_memory else
+        list(reflections[-1:]), rejections=list(rejections), rounds_left=rounds_left,
+        candidates_left=left)
+
+
+def _make_candidate(item, cid, r, cands, obs, cat, with_memory) -> Candidate:
+    if isinstance(item, ModelProposal):
+        return Candidate(cid, r, None, item.rationale, candidate_key(item), None,
+                         {"kind": item.kind, **item.spec})
+    if not isinstance(item, Proposal):
+        raise ActionRejected("schema", "proposal", f"not a proposal: {item!r}")
+    structures = {c.id: c.structure for c in cands if c.structure is not None}
+    fitted = {c.id: (c.structure, dict(obs[c.id].params)) for c in cands
+              if c.structure is not None and c.id in obs}
+    s = apply_proposal(item, structures, catalog=cat, fitted=fitted).canonical()
+    origin = "; ".join(describe_action(a) for a in item.actions)
+    if item.rationale:
+        origin += f" -- {item.rationale}"
+    return Candidate(cid, r, item.parent, origin, candidate_key(s), s, None)
+
+
+def _fit_inputs(new: list[Candidate], spec, d: DiscoveryData, key) -> list:
+    out = []
+    for i, c in enumerate(new):
+        if c.structure is not None:
+            out.append(c.structure)
+        else:
+            out.append(spec.build_model(c.model_spec, d, jax.random.fold_in(key, c.id)))
+    return out
+
+
+def _dump(items) -> list:
+    out = []
+    for p in items:
+        if hasattr(p, "model_dump"):
+            out.append(p.model_dump(mode="json"))
+        else:
+            out.append(repr(p))
+    return out
+
+
+def _policy_events(pol, r) -> list[dict]:
+    ev = list(getattr(pol, "events", []))
+    if hasattr(pol, "events"):
+        pol.events.clear()
+    return ev
+
+
+def _write_round(outp, r, new, round_obs, result, fitted_models, events, timing, pstate):
+    from ..fit import save_candidate, save_dataset
+
+    part = _io.round_dir(outp, r, partial=True)
+    if part.exists():
+        import shutil
+
+        shutil.rmtree(part)
+    (part / "candidates").mkdir(parents=True)
+    _io.write_json(part / "structures.json", [c.to_dict() for c in new])
+    _io.write_json(part / "metrics.json", [o.model_dump(mode="json") for o in round_obs])
+    save_dataset(result.dataset, part / "metrics.nc")
+    for c, m in zip(new, fitted_models, strict=True):
+        save_candidate(part / "candidates" / f"candidate_{c.id:04d}.eqx", m,
+                       c.structure if c.structure is not None else c.model_spec,
+                       metadata={"id": c.id, "round": r})
+    _io.atomic_write_text(part / "transcript.jsonl", _io.jsonl(events))
+    _io.write_json(part / "timings.json", timing)
+    _io.write_json(part / "policy.json", pstate)
+    _io.commit_round(part, _io.round_dir(outp, r))
+
+
+def _load_model(outp, c: Candidate, d: DiscoveryData, spec):
+    from ..fit import load_candidate
+
+    path = _io.round_dir(outp, c.round) / "candidates" / f"candidate_{c.id:04d}.eqx"
+    if c.structure is not None:
+        _, model, _ = load_candidate(path, d.geometry)
+    else:
+        like = spec.build_model(c.model_spec, d, jax.random.key(0))
+        _, model, _ = load_candidate(path, like=like)
+    return model
+
+
+class _Progress:
+    """tqdm bar over rounds: candidates fitted and the best validation RMSE."""
+
+    def __init__(self, total, enabled):
+        self.bar = None
+        if enabled and (enabled == "always" or os.isatty(2)):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="discover", unit="round")
+
+    def update(self, r, n, best, winner):
+        if self.bar is None:
+            return
+        self.bar.n = r
+        self.bar.set_postfix(candidates=n, best_val=f"{best:.3g} mV" if math.isfinite(best)
+                             else "n/a", selected=winner)
+        self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
