@@ -281,7 +281,7 @@ class ECGBatch(eqx.Module):
         v: dict = {
             "ecg": (_CELL + ("lead", "time"), np.asarray(self.signals, np.float32),
                     {"units": "mV"}),
-            "ecg_baseline": (("patient", "lead", "time"),
+            "baseline_ecg": (("patient", "lead", "time"),
                              np.asarray(self.baseline_signals, np.float32),
                              {"units": "mV", "long_name": "pre-dose segment (no drug)"}),
         }
@@ -333,7 +333,7 @@ class ECGBatch(eqx.Module):
     def from_dataset(cls, ds: xr.Dataset) -> ECGBatch:
         """The batch of a cohort Dataset (as written by :func:`ecg_world.cohort.synthesize`);
         a missing variable is a ``ValueError`` naming it."""
-        need = (["ecg", "ecg_baseline", "split", "long_qt", "valid", "plausible",
+        need = (["ecg", "baseline_ecg", "split", "long_qt", "valid", "plausible",
                  "extrapolated", "dose_mg"] + [n for n, _ in INTERVAL_VARIABLES.values()]
                 + [f"baseline_{n}" for n, _ in INTERVAL_VARIABLES.values()]
                 + list(RISK_LABELS) + [_FIELDS[f][0] for f in _FIELDS if f != "dose_mg"])
@@ -362,7 +362,7 @@ class ECGBatch(eqx.Module):
         if bad:
             raise ValueError(f"unknown split names {bad}; valid: {list(SPLITS)}")
         return cls(
-            signals=arr("ecg"), baseline_signals=arr("ecg_baseline"), intervals=iv,
+            signals=arr("ecg"), baseline_signals=arr("baseline_ecg"), intervals=iv,
             baseline_intervals=biv, dqtcf=arr("dQTcF"),
             labels=RiskLabels(**{k: arr(k, bool) for k in RISK_LABELS}),
             drug=arr("drug_id", jnp.int32),

@@ -31,6 +31,7 @@ mains interference (50 Hz, 0.01 mV), independently per lead.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import xarray as xr
+from jaxtyping import Array, Float
 
 from leads_jax.physics.ecg_fiducials import qt_from_qtc_fridericia
 from leads_jax.physics.mcsharry import MULTILEAD_GAMMA, McSharryECG, ecg_waveform
@@ -81,15 +83,17 @@ def sample_baselines(cal: Calibration, n: int, *, rng: np.random.Generator,
     return out, long_qt
 
 
-def _gain_mv(base_model, sampling_rate: float | int) -> float:
+@functools.lru_cache(maxsize=16)
+def _gain_mv(sampling_rate: float) -> float:
     """Model-units -> mV gain: the default beat at 60 bpm min-max to 1.6 mV (ECGSYN span)."""
+    base_model = McSharryECG.default()
     z = np.asarray(ecg_waveform(base_model, heart_rate=60.0, n_samples=int(3 * sampling_rate),
                                 sampling_rate=sampling_rate, hr_scaling="physiological"))
     z = z[int(sampling_rate):]
     return float(1.6 / (z.max() - z.min()))
 
 
-def _render_fn(n_samples: int, sampling_rate: float | int, gamma: np.ndarray):
+def _render_fn(n_samples: int, sampling_rate: float | int, gamma: Float[Array, "lead 5"]):
     gamma = jnp.asarray(gamma, jnp.float32)
 
     # the z equation relaxes with a 1 s time constant from its start value: integrate a
@@ -143,18 +147,40 @@ def calibrated_block_range(cal: Calibration, *, times_h=None, z: float = 1.645) 
     drugs = drugs or [d for d in lib.names if lib[d].standard_dose > 0]
     t = jnp.asarray(np.linspace(0.0, 24.0, 97) if times_h is None else times_h, jnp.float32)
     eta = jnp.asarray([z * float(cal.variability.omega_exposure), 0.0, 0.0], jnp.float32)
-    pharm = cal.pharmacology
+    ids = jnp.asarray([lib.index(d) for d in drugs], jnp.int32)
+    doses = jnp.asarray([dose_to_mg(lib[d].standard_dose, lib[d].dose_unit) for d in drugs],
+                        jnp.float32)
+    return np.asarray(_block_grid(cal.pharmacology, ids, doses, t, eta)).max(axis=(0, 1))
 
+
+@jax.jit
+def _block_grid(pharm, ids, doses, t, eta):
     def block(d, dose, tt):
         a = Action(d, dose, tt)
         _, ce, _ = concentrations(pharm.table, a, eta, pharm.emap.ktol_per_h)
         return channel_block(pharm.table, d, ce)
 
-    f = jax.jit(jax.vmap(jax.vmap(block, (None, None, 0)), (0, 0, None)))
-    ids = jnp.asarray([lib.index(d) for d in drugs], jnp.int32)
-    doses = jnp.asarray([dose_to_mg(lib[d].standard_dose, lib[d].dose_unit) for d in drugs],
-                        jnp.float32)
-    return np.asarray(f(ids, doses, t)).max(axis=(0, 1))
+    return jax.vmap(jax.vmap(block, (None, None, 0)), (0, 0, None))(ids, doses, t)
+
+
+@jax.jit
+def _stage_params(p: PatientParams, d, dose, t, pharm):
+    """(patient after the action, plasma concentration, effect-site block) per cell."""
+    def one(p1, d1, dose1, t1):
+        a = Action(d1, dose1, t1, pharm.library)
+        q = apply_action(p1, a, None, pharm)
+        c, ce, _ = concentrations(pharm.table, a, p1.eta_pk, pharm.emap.ktol_per_h)
+        return q, c, channel_block(pharm.table, d1, ce)
+
+    return jax.vmap(one)(p, d, dose, t)
+
+
+_stage_iv = jax.jit(jax.vmap(patient_intervals))
+
+
+@functools.partial(jax.jit, static_argnames=("n_samples", "sampling_rate"))
+def _stage_wave(ti, ai, bi, hr, gamma, *, n_samples, sampling_rate):
+    return jax.vmap(_render_fn(n_samples, sampling_rate, gamma))(ti, ai, bi, hr)
 
 
 #: default dose multipliers (log-uniform, times each drug's study dose): the study dose and
@@ -235,8 +261,12 @@ def synthesize_batch(
     pharm = cal.pharmacology
     gamma = MULTILEAD_GAMMA[[_LEAD_INDEX[ld] for ld in leads]]
     n_samples = int(round(duration_s * sampling_rate))
-    gain = _gain_mv(McSharryECG.default(), sampling_rate)
-    render = _render_fn(n_samples, sampling_rate, gamma)
+    gain = _gain_mv(float(sampling_rate))
+    gamma = jnp.asarray(gamma, jnp.float32)
+
+    def stage_wave(ti, ai, bi, hr):
+        return _stage_wave(ti, ai, bi, hr, gamma, n_samples=n_samples,
+                           sampling_rate=float(sampling_rate))
 
     # one flat batch axis over (patient, action, time) cells, processed in fixed-size chunks
     # (padded) so that each of the three compiled stages is compiled once
@@ -247,18 +277,6 @@ def synthesize_batch(
     cell_dose = dose_mg[pi, ai_]
     cell_t = times_h[ti_].astype(np.float32)
 
-    @jax.jit
-    def stage_params(p: PatientParams, d, dose, t, pharm):
-        def one(p1, d1, dose1, t1):
-            a = Action(d1, dose1, t1, lib)
-            q = apply_action(p1, a, None, pharm)
-            c, ce, _ = concentrations(pharm.table, a, p1.eta_pk, pharm.emap.ktol_per_h)
-            return q, c, channel_block(pharm.table, d1, ce)
-
-        return jax.vmap(one)(p, d, dose, t)
-
-    stage_iv = jax.jit(jax.vmap(patient_intervals))
-    stage_wave = jax.jit(jax.vmap(render))
     chunk = int(batch_size) * na * nt
     n_cells = pi.size
     outs = []
@@ -266,9 +284,9 @@ def synthesize_batch(
         idx = np.arange(s, s + chunk)
         idx = np.where(idx < n_cells, idx, n_cells - 1)  # pad with the last cell
         p = jax.tree_util.tree_map(lambda x, idx=idx: x[pi[idx]], params)
-        q, c, blk = stage_params(p, jnp.asarray(cell_drug[idx]), jnp.asarray(cell_dose[idx]),
+        q, c, blk = _stage_params(p, jnp.asarray(cell_drug[idx]), jnp.asarray(cell_dose[idx]),
                                  jnp.asarray(cell_t[idx]), pharm)
-        iv = stage_iv(q)
+        iv = _stage_iv(q)
         wave = stage_wave(q.ecg.ti, q.ecg.ai, q.ecg.bi, q.heart_rate) * gain
         keep = min(chunk, n_cells - s)
         outs.append(jax.tree_util.tree_map(
@@ -277,7 +295,7 @@ def synthesize_batch(
     shape = (n, na, nt)
     iv, wave, conc, blk, ti, ai, bi, valid = jax.tree_util.tree_map(
         lambda *xs: np.concatenate(xs).reshape(shape + xs[0].shape[1:]), *outs)
-    base_iv = jax.tree_util.tree_map(np.asarray, stage_iv(params))
+    base_iv = jax.tree_util.tree_map(np.asarray, _stage_iv(params))
     # baseline segments (pre-dose, no drug): the same compiled renderer, padded to a chunk
     base_wave = []
     for s in range(0, n, chunk):

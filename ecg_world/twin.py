@@ -13,6 +13,8 @@ proportionally to its own stretch.
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -87,6 +89,12 @@ def fit_twin_scales(base_model, rr_ms, pr_ms, qrs_ms, qt_ms, *, n_iter: int = 6,
     return TwinFit(qt_frac=f[2], pr_frac=f[0], qrs_frac=f[1], achieved=measure(f))
 
 
+@functools.partial(jax.jit, static_argnames=("n_iter",))
+def _fit_twins(base, rr, pr, qrs, qt, *, n_iter):
+    return jax.vmap(lambda a, b, c, d: fit_twin_scales(base, a, b, c, d, n_iter=n_iter))(
+        rr, pr, qrs, qt)
+
+
 def twin_from_intervals(rr_ms, pr_ms, qrs_ms, qt_ms, *, base_model=None, n_iter: int = 6,
                         eta_pk=None, eta_pd=0.0) -> tuple[PatientParams, TwinFit]:
     """A :class:`~ecg_world.pharmacology.PatientParams` whose reference intervals match the
@@ -99,13 +107,14 @@ def twin_from_intervals(rr_ms, pr_ms, qrs_ms, qt_ms, *, base_model=None, n_iter:
         if not np.all(np.isfinite(a)) or np.any(a < lo) or np.any(a > hi):
             raise ValueError(f"{k} must be finite and within [{lo}, {hi}] ms; got {a.tolist()}")
     base = base_model or McSharryECG.default()
-    fit = jax.jit(jax.vmap(
-        lambda a, b, c, d: fit_twin_scales(base, a, b, c, d, n_iter=n_iter)))
     arr = [jnp.atleast_1d(jnp.asarray(v, jnp.float32)) for v in (rr_ms, pr_ms, qrs_ms, qt_ms)]
     arr = jnp.broadcast_arrays(*arr)
-    tf = fit(*arr)
-    ecg = scale_waves(base, tf.qt_frac, tf.pr_frac, tf.qrs_frac)
     n = arr[0].shape[0]
+    # pad the subjects to a power of two (>= 8): one compilation serves many cohort sizes
+    n_pad = max(8, 1 << (n - 1).bit_length())
+    padded = [jnp.concatenate([a, jnp.broadcast_to(a[-1:], (n_pad - n,))]) for a in arr]
+    tf = jax.tree_util.tree_map(lambda x: x[:n], _fit_twins(base, *padded, n_iter=n_iter))
+    ecg = scale_waves(base, tf.qt_frac, tf.pr_frac, tf.qrs_frac)
     eta_pk = jnp.zeros((n, 3)) if eta_pk is None else jnp.broadcast_to(eta_pk, (n, 3))
     eta_pd = jnp.broadcast_to(jnp.asarray(eta_pd, jnp.float32), (n,))
     params = PatientParams(ecg=ecg, heart_rate=60000.0 / arr[0], eta_pk=eta_pk,

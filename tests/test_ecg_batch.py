@@ -11,8 +11,9 @@ from ecg_world.cohort import read_cohort, synthesize_batch, write_cohort
 
 @pytest.fixture(scope="module")
 def batch():
-    return synthesize_batch(3, seed=5, times_h=(1.0, 3.0), sampling_rate=100, duration_s=2,
-                            leads=("II",), drugs=("placebo", "dofetilide", "verapamil"))
+    # the shapes of test_cohort's cohort: in one process the compiled stages are reused
+    return synthesize_batch(4, seed=5, times_h=(1.0, 3.0), sampling_rate=125, duration_s=4,
+                            leads=("I", "V2"))
 
 
 def _assert_same(a, b):
@@ -24,12 +25,13 @@ def _assert_same(a, b):
 
 def test_fields_are_named_and_shaped(batch):
     p, a, t = batch.shape
-    assert (p, a, t) == (3, 3, 2)
-    assert batch.signals.shape == (3, 3, 2, 1, 200)
-    assert batch.baseline_signals.shape == (3, 1, 200)
-    assert isinstance(batch.intervals, Intervals) and batch.intervals.qtcf.shape == (3, 3, 2)
+    assert (p, a, t) == (4, 5, 2)
+    assert batch.signals.shape == (4, 5, 2, 2, 500)
+    assert batch.baseline_signals.shape == (4, 2, 500)
+    assert isinstance(batch.intervals, Intervals) and batch.intervals.qtcf.shape == (4, 5, 2)
     assert isinstance(batch.labels, RiskLabels)
-    assert batch.action_names == ("placebo", "dofetilide", "verapamil")
+    assert batch.action_names == ("placebo", "dofetilide", "quinidine", "ranolazine",
+                                  "verapamil")
     assert batch.library.names[int(batch.drug[0, 1, 0])] == "dofetilide"
     assert batch.action.library == batch.library.names
     np.testing.assert_allclose(batch.intervals.qtcf,
@@ -61,9 +63,9 @@ def test_round_trip_through_the_cohort_netcdf(batch, tmp_path):
 
 def test_flatten_and_split(batch):
     cells = batch.flatten()
-    assert cells.signals.shape == (18, 1, 200) and cells.baseline_signals.shape == (18, 1, 200)
+    assert cells.signals.shape == (40, 2, 500) and cells.baseline_signals.shape == (40, 2, 500)
     # cell k = (patient, action, time) in row-major order, with its patient's baseline
-    k = 1 * 6 + 2 * 2 + 1
+    k = 1 * 10 + 2 * 2 + 1
     np.testing.assert_array_equal(cells.signals[k], batch.signals[1, 2, 1])
     np.testing.assert_array_equal(cells.baseline_signals[k], batch.baseline_signals[1])
     assert int(cells.patient[k]) == 1 and float(cells.action.time_h[k]) == 3.0
@@ -76,7 +78,7 @@ def test_flatten_and_split(batch):
 
 
 def test_from_dataset_names_what_is_missing(batch, tmp_path):
-    ds = batch.to_dataset().drop_vars(["QTcF", "ecg_baseline"])
+    ds = batch.to_dataset().drop_vars(["QTcF", "baseline_ecg"])
     with pytest.raises(ValueError, match="QTcF"):
         ECGBatch.from_dataset(ds)
     write_cohort(batch.to_dataset(), tmp_path / "ok.nc")
