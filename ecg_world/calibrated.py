@@ -9,8 +9,7 @@ This module holds what the calibration produced and nothing that fits it (that i
 - the between-subject :class:`~ecg_world.pharmacology.Variability`;
 - metadata: provenance, the per-drug PK fit, fit statistics, the study's baseline
   distribution (from which cohorts draw their virtual patients), the kernel sensitivity
-  used by the effect-space fit, and the exposure range of the study (``exposure_range``:
-  per drug, the dose and peak concentration the map was fitted on).
+  used by the effect-space fit.
 
 ``ecg_world/data/calibrated.json`` is the committed one (:func:`default_calibration`,
 :func:`default_pharmacology`). Resolve it at the public boundary, outside traced code, and
@@ -63,15 +62,13 @@ class Calibration(eqx.Module):
     def __init__(self, library: DrugLibrary, emap: EffectMap, diurnal: Diurnal,
                  variability: Variability, provenance: dict | None = None,
                  pk: dict | None = None, fit_info: dict | None = None,
-                 baseline_distribution: dict | None = None, sensitivity: dict | None = None,
-                 exposure_range: dict | None = None):
+                 baseline_distribution: dict | None = None, sensitivity: dict | None = None):
         self.pharmacology = Pharmacology(library.table(), emap, diurnal, library)
         self.variability = variability
         self.metadata_json = json.dumps({
             "provenance": provenance or {}, "pk": pk or {}, "fit": fit_info or {},
             "baseline_distribution": baseline_distribution or DEFAULT_BASELINE,
             "kernel_sensitivity": {**NEUTRAL_SENSITIVITY, **(sensitivity or {})},
-            "exposure_range": exposure_range or {},
         }, sort_keys=True, default=float)
 
     # the parts, by name
@@ -110,12 +107,6 @@ class Calibration(eqx.Module):
     def sensitivity(self) -> dict:
         return self._meta("kernel_sensitivity")
 
-    @property
-    def exposure_range(self) -> dict:
-        """Per calibration drug: ``dose_mg`` (the study dose) and ``cmax_ng_ml`` (the highest
-        observed median plasma concentration) the map was fitted on."""
-        return self._meta("exposure_range")
-
     def with_library(self, library: DrugLibrary) -> Calibration:
         """The same calibration on another drug library (e.g. the package's plus a user's
         drugs file): drugs in the calibration's PK keep their calibrated constants, new drugs
@@ -124,7 +115,7 @@ class Calibration(eqx.Module):
               for d, p in self.pk.items() if d in library}
         return Calibration(library.with_pk(pk), self.emap, self.diurnal, self.variability,
                            self.provenance, self.pk, self.fit_info, self.baseline_distribution,
-                           self.sensitivity, self.exposure_range)
+                           self.sensitivity)
 
     def to_json(self, path: str | pathlib.Path = CALIBRATED_JSON) -> pathlib.Path:
         path = pathlib.Path(path)
@@ -142,8 +133,6 @@ class Calibration(eqx.Module):
             "baseline_distribution": self.baseline_distribution,
             "kernel_sensitivity": self.sensitivity,
         }
-        if self.exposure_range:
-            doc["exposure_range"] = self.exposure_range
         path.write_text(json.dumps(doc, indent=2) + "\n")
         return path
 
@@ -171,7 +160,7 @@ class Calibration(eqx.Module):
         var = Variability.default(**doc["variability"])
         return cls(lib, emap, diurnal, var, doc.get("provenance", {}), doc["pk"],
                    doc.get("fit", {}), doc.get("baseline_distribution"),
-                   doc.get("kernel_sensitivity"), doc.get("exposure_range"))
+                   doc.get("kernel_sensitivity"))
 
 
 _DEFAULT: Calibration | None = None
