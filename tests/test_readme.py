@@ -45,6 +45,6 @@ def test_demo_quick_end_to_end(tmp_path):
                           str(tmp_path)], env=_env(), capture_output=True, text=True,
                          timeout=1500)
     assert out.returncode == 0, out.stderr[-3000:]
-    for name in ("ecg_cohort.nc", "ecg_cohort.png", "leads_ground_truth.nc", "leads_fit.png",
-                 "ecg_world_cohort.nc", "leads_candidates/results.nc"):
+    for name in ("ecg_cohort.nc", "ecg_cohort.png", "leads_ground_truth.nc",
+                 "leads_run/report.md", "ecg_world_cohort.nc", "leads_run/results.nc"):
         assert (tmp_path / name).exists(), name

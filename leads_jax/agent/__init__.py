@@ -36,9 +36,7 @@ from ._data import discovery_data as discovery_data
 from ._loop import Budget as Budget
 from ._loop import CompileLog as CompileLog
 from ._loop import DiscoveryResult as DiscoveryResult
-from ._loop import Selection as Selection
 from ._loop import discover as discover
-from ._loop import select as select
 from ._methods import METHODS as METHODS
 from ._observe import Observation as Observation
 from ._observe import render_observations as render_observations
@@ -49,3 +47,5 @@ from ._policy import LLMPolicy as LLMPolicy
 from ._policy import ModelProposal as ModelProposal
 from ._policy import Policy as Policy
 from ._report import write_report as write_report
+from ._select import Selection as Selection
+from ._select import select as select

@@ -416,7 +416,7 @@ def apply_proposal(proposal: Proposal, structures: Mapping[int, Structure], *,
     if not edits and not refines:
         raise ActionRejected("nothing-to-fit", "actions", "the proposal has no edit; a "
                              "'stop' must be the only action of its proposal")
-    for i, a in enumerate(edits):
+    for a in edits:
         try:
             s = apply_action(s, a, catalog=catalog, fitted=fitted)
         except ActionRejected as e:

@@ -22,32 +22,39 @@ import json
 import math
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from ..datasets import TEST, VAL, FitData
 from ..geometry import Geometry
 from ._observe import measure_traces
 
-__all__ = ["DiscoveryData", "RolloutData", "discovery_data", "estimate_noise"]
+__all__ = ["DiscoveryData", "RolloutData", "discovery_data", "estimate_noise", "fit_dt"]
 
 
 @dataclasses.dataclass(frozen=True)
 class RolloutData:
-    """Samples of one split over the whole record (for forward rollouts)."""
+    """Samples of one split, rolled out from the record's start to `ts[-1]`."""
 
     stimuli: object  # stacked Stimulus, leading axis = sample
     ts: np.ndarray  # (time,) ms
     observed: np.ndarray  # (sample, time, node) mV
+    scored: np.ndarray  # (time,) bool: the split's own window
+    t_split: float  # end of the split's window (ms); later times are "held out"
+    held_out_window: bool  # the split's own window lies after the training horizon
     true_state: np.ndarray | None  # (sample, time, state, node) or None
     stim_nodes: list  # per sample: stimulated node indices
 
 
 @dataclasses.dataclass(frozen=True)
 class DiscoveryData:
-    dataset: xr.Dataset
-    search: xr.Dataset
+    fit_data: object  # leads_jax.datasets.FitData (everything)
+    search: object  # FitData without the test split (what fit sees during the search)
     geometry: Geometry
     t_train: float
+    dt: float | None
     noise_std: float
     noise_source: str
     state_names: tuple[str, ...]
@@ -59,13 +66,14 @@ class DiscoveryData:
     source: str
 
     def summary(self) -> str:
-        ds = self.dataset
-        splits = {s: int((ds["split"].values == s).sum()) for s in ("train", "val", "test")}
-        return (f"{ds.sizes['node']} nodes ({self.geometry.kind}, {self.geometry.n_regions} "
-                f"region(s): {', '.join(self.geometry.region_names)}); samples {splits}; "
-                f"training horizon {self.t_train:g} ms, record {float(ds['time'][-1]):g} ms; "
-                f"noise {self.noise_std:.3g} mV ({self.noise_source}); data CV "
-                f"{self.cv_data:.3g} cm/ms, APD90 {self.apd_data:.3g} ms")
+        fd = self.fit_data
+        splits = {n: len(sp.samples) for n, sp in fd.splits.items()}
+        return (f"{fd.n_nodes} nodes ({self.geometry.kind}, {self.geometry.n_regions} "
+                f"region(s): {', '.join(self.geometry.region_names)}); samples per split "
+                f"{splits}; training horizon {self.t_train:g} ms, record "
+                f"{float(fd.time[-1]):g} ms; noise {self.noise_std:.3g} mV "
+                f"({self.noise_source}); data CV {self.cv_data:.3g} cm/ms, APD90 "
+                f"{self.apd_data:.3g} ms")
 
 
 def estimate_noise(observed) -> float:
@@ -76,72 +84,94 @@ def estimate_noise(observed) -> float:
     return mad / 0.6745 / math.sqrt(6.0)
 
 
-def _rollout_data(ds: xr.Dataset, split: str, geometry) -> RolloutData | None:
-    from ..datasets import stacked_stimuli
-
-    idx = np.flatnonzero(np.asarray(ds["split"].values) == split)
-    if idx.size == 0:
+def _rollout_data(fd, name: str, true_state) -> RolloutData | None:
+    sp = fd.splits.get(name)
+    if sp is None:
         return None
-    sub = ds.isel(sample=idx)
-    stim = stacked_stimuli(sub, geometry)
-    true_state = None
-    if "true_state" in sub.variables:
-        ts_ = np.asarray(sub["true_state"].values, float)
-        if np.all(np.isfinite(ts_)):
-            true_state = ts_
-    nodes = [np.flatnonzero(np.asarray(sub["stim_sites"].values[i]) > 0).tolist()
-             for i in range(sub.sizes["sample"])]
-    return RolloutData(stim, np.asarray(sub["time"].values, float),
-                       np.asarray(sub["observed"].values, float), true_state, nodes)
+    idx = np.asarray(sp.samples)
+    t = np.asarray(fd.time, float)
+    stim = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[idx]), fd.stimuli)
+    scored = fd._scored(t, sp)
+    ts_ = None if true_state is None else np.asarray(true_state, float)[idx]
+    nodes = [np.flatnonzero(np.asarray(fd.stimuli.sites)[i] > 0).tolist() for i in idx]
+    after = sp.t_start is not None and sp.t_start >= float(fd.t_train) - 1e-9
+    return RolloutData(stim, t, np.asarray(fd.observed, float)[idx], scored, float(sp.t_end),
+                       bool(after), ts_, nodes)
 
 
 def discovery_data(data, *, require_val: bool = True) -> DiscoveryData:
-    """Read and split a dataset for :func:`~leads_jax.agent.discover` (see the module
-    docstring). Missing variables, NaN samples or a missing validation split raise
-    ``ValueError`` naming what to fix, before any compilation."""
-    from ..datasets import geometry_from_dataset, load_dataset, validate_dataset
-
+    """Read and split data for :func:`~leads_jax.agent.discover` (see the module
+    docstring): a :class:`~leads_jax.datasets.FitData` (e.g. from ``from_recording``),
+    an ``xarray.Dataset`` in the :mod:`leads_jax.datasets` format, or its path. Missing
+    variables, NaN samples or a missing validation split raise ``ValueError`` naming what
+    to fix, before any compilation."""
     if isinstance(data, DiscoveryData):
         return data
-    if isinstance(data, str | os.PathLike):
-        ds = load_dataset(data)
-        source = os.fspath(data)
+    ds = None
+    if isinstance(data, FitData):
+        fd = data
+        source = str(fd.provenance.get("source") or fd.provenance.get("description")
+                     or "FitData")
+    elif isinstance(data, str | os.PathLike):
+        path = os.fspath(data)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"discover: no dataset at {path!r}")
+        with xr.open_dataset(path, engine="h5netcdf") as f:
+            ds = f.load()
+        fd = FitData.from_dataset(ds)
+        source = path
     elif isinstance(data, xr.Dataset):
-        ds = validate_dataset(data)
-        source = str(data.attrs.get("description", "in-memory dataset"))
+        ds = data
+        fd = FitData.from_dataset(ds)
+        source = str(ds.attrs.get("description", "in-memory dataset"))
     else:
-        raise ValueError(f"discover: data must be an xarray.Dataset or the path of one "
-                         f"(leads_jax.datasets format); got {type(data).__name__}")
-    splits = np.asarray(ds["split"].values)
-    if require_val and not (splits == "val").any():
+        raise ValueError(f"discover: data must be a FitData, an xarray.Dataset or the path "
+                         f"of one (leads_jax.datasets format); got {type(data).__name__}")
+    if require_val and VAL not in fd.splits:
         raise ValueError(
-            "discover: the dataset has no validation samples (split 'val'); selection is by "
-            "validation error. Make the dataset with >= 3 pacing sites (make_dataset labels "
-            "them train/val/test) or pass val_sites=...")
-    if not (splits == "train").any():
-        raise ValueError("discover: the dataset has no training samples (split 'train')")
-    t_train = float(ds.attrs["t_train"])
-    t = np.asarray(ds["time"].values, float)
-    if not (t[0] < t_train <= t[-1]):
-        raise ValueError(f"discover: t_train = {t_train} ms lies outside the record "
-                         f"[{t[0]}, {t[-1]}] ms")
-    geo = geometry_from_dataset(ds)
-    search = ds.isel(sample=np.flatnonzero(splits != "test"))
-    noise = float(ds.attrs.get("noise_std_mV", math.nan))
-    if math.isfinite(noise) and noise >= 0 and "noise_std_mV" in ds.attrs:
-        source_noise = "from the dataset"
-    else:
-        noise = estimate_noise(search["observed"].values)
-        source_noise = "estimated from the data"
-    val = _rollout_data(ds, "val", geo)
-    test = _rollout_data(ds, "test", geo)
-    cv, apd = (measure_traces(val.observed[0], val.ts, geo, val.stim_nodes[0])
-               if val is not None else (math.nan, math.nan))
-    states = tuple(str(s) for s in ds["state"].values) if "state" in ds.coords else ()
-    true_structure = str(ds.attrs.get("structure", ""))
+            "discover: the data have no validation split ('val'); selection is by validation "
+            "error. Make the dataset with >= 3 pacing sites (make_dataset labels them "
+            "train/val/test), pass val_sites=..., or import a recording with a validation "
+            "window")
+    geo = fd.geometry
+    search = dataclasses.replace(fd, splits={k: v for k, v in fd.splits.items() if k != TEST})
+    noise, noise_source = math.nan, ""
+    attrs = {} if ds is None else dict(ds.attrs)
+    for where in (attrs, fd.provenance):
+        if "noise_std_mV" in where:
+            try:
+                noise = float(where["noise_std_mV"])
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(noise) and noise >= 0:
+                noise_source = "from the dataset"
+                break
+    if not noise_source:
+        tr = fd.splits["train"]
+        noise = estimate_noise(np.asarray(fd.observed)[np.asarray(tr.samples)])
+        noise_source = "estimated from the data"
+    true_state, states = None, ()
+    if ds is not None and "true_state" in ds.variables and "state" in ds.coords:
+        st = np.asarray(ds["true_state"].values, float)
+        if np.all(np.isfinite(st)):
+            true_state = st
+            states = tuple(str(x) for x in ds["state"].values)
+    val = _rollout_data(fd, VAL, true_state)
+    test = _rollout_data(fd, TEST, true_state)
+    cv = apd = math.nan
+    if val is not None:
+        cv, apd = measure_traces(val.observed[0], val.ts, geo, val.stim_nodes[0])
+    true_structure = str(fd.provenance.get("true_structure", "") or attrs.get("structure", ""))
     try:
         json.loads(true_structure)
     except ValueError:
         true_structure = ""
-    return DiscoveryData(ds, search, geo, t_train, noise, source_noise, states, true_structure,
-                         val, test, cv, apd, source)
+    return DiscoveryData(fd, search, geo, float(fd.t_train), fd.dt, noise, noise_source, states,
+                         true_structure, val, test, cv, apd, source)
+
+
+def fit_dt(config, data: DiscoveryData, model) -> float:
+    """The integration step of fits and rollouts: the config's, else the data's, else
+    the model's own."""
+    dt = config.dt if config.dt is not None else data.dt
+    return float(dt) if dt and dt > 0 else float(model.default_dt)

@@ -3,6 +3,7 @@
 Layout of ``out/``::
 
     run.json                  the run's settings (method, policy, budget, seed, data)
+    progress.json             where a running run is (round, phase), for watchers
     round_000/                one folder per FINISHED round
         structures.json       candidates: id, parent, origin, spec, memory key
         metrics.json          observations (typed form, JSON)

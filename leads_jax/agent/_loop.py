@@ -28,11 +28,16 @@ neither the fits, the observations nor the selection used.
 **Compilation** is measured from JAX's own compile events: each round reports the
 number of backend compilations, those of the training program (one per new topology
 group), and their seconds apart from training. A round that brings no new topology
-compiles no training program.
+compiles no training program. Off the critical path: a round's topology groups are
+fitted in a thread pool (:func:`fit_round`), so their compilations run concurrently
+(XLA compiles without the GIL); every group is padded to the round size so later rounds
+reuse the programs; and the CLI turns on JAX's persistent compilation cache when the
+package offers it, so a resumed or repeated run does not recompile.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -47,15 +52,30 @@ import jax
 import numpy as np
 
 from ..compile import bucket_size
+from ..fit import (
+    FitConfig,
+    FitResult,
+    build_dataset,
+    fit_group,
+    load_candidate,
+    prepare,
+    result_attrs,
+    save_candidate,
+    save_dataset,
+)
 from ..structure import Catalog, Structure
 from . import _io
 from ._actions import ActionRejected, Proposal, apply_proposal, describe_action
 from ._catalog_doc import render_catalog_doc
-from ._data import DiscoveryData, discovery_data
+from ._data import DiscoveryData, discovery_data, fit_dt
+from ._methods import resolve_method
 from ._observe import Observation, observe, predict, render_observations
 from ._policy import AgentContext, ModelProposal, Policy, candidate_key
+from ._report import write_final
+from ._report import write_report as _write_report
+from ._select import Selection, select
 
-__all__ = ["Budget", "CompileLog", "DiscoveryResult", "Selection", "discover", "select"]
+__all__ = ["Budget", "CompileLog", "DiscoveryResult", "discover", "fit_round"]
 
 TRAIN_PROGRAMS = ("jit(run)", "jit(_chunk)", "jit(train)")
 """Names (JAX ``fun_name``) of the fitting engine's training program."""
@@ -110,42 +130,6 @@ class Budget:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class Selection:
-    """The complexity penalty (module docstring): within noise of the best validation
-    RMSE means ``val <= best + max(rel_tol * best, noise_tol * sigma)``."""
-
-    rel_tol: float = 0.05
-    noise_tol: float = 0.25
-
-    def __post_init__(self):
-        for name in ("rel_tol", "noise_tol"):
-            v = getattr(self, name)
-            if not (float(v) >= 0 and math.isfinite(float(v))):
-                raise ValueError(f"Selection.{name} must be a finite number >= 0; got {v!r}")
-
-    def margin(self, best: float, noise: float) -> float:
-        noise = noise if math.isfinite(noise) else 0.0
-        return max(self.rel_tol * best, self.noise_tol * noise)
-
-
-def select(observations, noise: float, selection: Selection | None = None):
-    """``(winner id or None, table)``; `table` lists every stable candidate, best
-    validation error first, with ``within_noise`` and ``selected`` flags."""
-    sel = Selection() if selection is None else selection
-    good = [o for o in observations if o.stable and math.isfinite(o.val_rmse)]
-    if not good:
-        return None, []
-    best = min(o.val_rmse for o in good)
-    margin = sel.margin(best, noise)
-    within = [o for o in good if o.val_rmse <= best + margin]
-    winner = min(within, key=lambda o: (o.n_params, o.val_rmse, o.id))
-    table = [{"id": o.id, "val_rmse": o.val_rmse, "n_params": o.n_params,
-              "within_noise": o.val_rmse <= best + margin, "selected": o.id == winner.id}
-             for o in sorted(good, key=lambda o: (o.val_rmse, o.n_params, o.id))]
-    return winner.id, table
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,6 +229,8 @@ class DiscoveryResult:
     - `history`: every observation, in id order; `selection`: the selection table.
     - `rounds`, `stop_reason`, `timings` (compile vs train seconds, compilations per
       round), `report` (paths of report.md, results.nc, figures), `out`, `transcript`.
+    - `resumed_rounds`: finished rounds read back from `out` (``resume=True``);
+      `fitted_ids`: the candidates this call fitted itself.
     """
 
     best: Any
@@ -263,6 +249,8 @@ class DiscoveryResult:
     method: str = "leads"
     policy: str = "offline"
     notes: list[str] = dataclasses.field(default_factory=list)
+    resumed_rounds: int = 0
+    fitted_ids: list[int] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------
@@ -281,8 +269,6 @@ def _check_key(key):
 
 
 def _default_config(data: DiscoveryData):
-    from ..fit import FitConfig
-
     return FitConfig(steps=150, learning_rate=2e-2, eval_every=10, patience=5)
 
 
@@ -296,20 +282,16 @@ def _resolve_catalog(catalog, data: DiscoveryData) -> Catalog:
     return cat
 
 
-def _fit_dt(config, data: DiscoveryData, model) -> float:
-    dt = config.dt if config.dt is not None else float(data.dataset.attrs.get("dt", 0) or 0)
-    return float(dt) if dt and dt > 0 else float(model.default_dt)
-
-
 def _score_test(model, data: DiscoveryData, config) -> float:
     if data.test is None or model is None:
         return math.nan
-    dt = _fit_dt(config, data, model)
+    dt = fit_dt(config, data, model)
     pred, _, div, _ = predict([model], data.geometry, data.test.stimuli, data.test.ts,
-                              solver=config.solver, dt=dt)
+                              solver=config.solver, dt=dt, min_bucket=config.min_bucket)
     if bool(np.any(div[0])) or not np.all(np.isfinite(pred[0])):
         return math.inf
-    return float(np.sqrt(np.mean((pred[0] - data.test.observed) ** 2)))
+    err = (pred[0] - data.test.observed)[:, data.test.scored]
+    return float(np.sqrt(np.mean(err**2)))
 
 
 def _settings(method, policy_name, budget, config, selection, catalog, data, seed_text, k):
@@ -323,7 +305,8 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
              budget: Budget | None = None, key, out=None, resume: bool = False,
              catalog: Catalog | None = None, config=None, selection: Selection | None = None,
              llm: Mapping | None = None, progress: bool = True,
-             write_report: bool = True, pad_groups: bool = True) -> DiscoveryResult:
+             write_report: bool = True, pad_groups: bool = True,
+             compile_workers: int = 2) -> DiscoveryResult:
     """Discover a model structure for `data` (module docstring).
 
     **Arguments:**
@@ -344,14 +327,13 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
     - `progress`: a progress bar (round, candidates, best score).
     - `pad_groups`: pad every topology group to the round size ``K`` (``min_bucket``),
       so no round recompiles a topology because it brings more of its candidates.
+    - `compile_workers`: topology groups of a round fitted (hence compiled) concurrently
+      in this many threads (:func:`fit_round`); 1: one after another.
 
     Bad inputs (missing variables, no validation split, a zero budget, an unknown
     policy, method or provider, a missing API key) raise ``ValueError`` before any
     compilation.
     """
-    from ..fit import FitConfig
-    from ._methods import resolve_method
-
     key = _check_key(key)
     budget = Budget() if budget is None else budget
     if not isinstance(budget, Budget):
@@ -432,6 +414,7 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
     for t in timings:
         no_improve = t.get("no_improve", 0)
     r = len(done)
+    fitted_here: list[int] = []
     try:
         while not stop_reason:
             if r >= rounds_max:
@@ -446,6 +429,8 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
                 break
             t_round = time.perf_counter()
             rkey = jax.random.fold_in(key, r)
+            if outp is not None:
+                _io.write_json(outp / "progress.json", {"round": r, "phase": "propose"})
             visible = list(obs.values()) if spec.memory else [
                 obs[c.id] for c in cands if c.round == r - 1 and c.id in obs]
             ctx = _context(r, min(k, left), cat, d, visible, obs, cands, reflections,
@@ -490,12 +475,14 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
                 transcript += events
                 break
             # -- fit ------------------------------------------------------------------
-            from ..fit import fit
-
+            if outp is not None:
+                _io.write_json(outp / "progress.json", {"round": r, "phase": "fit",
+                                                        "candidates": [c.id for c in new]})
             t_fit = time.perf_counter()
             with CompileLog() as clog:
-                result = fit(_fit_inputs(new, spec, d, jax.random.fold_in(rkey, 3)), d.search,
-                             config, key=jax.random.fold_in(rkey, 2), progress=False)
+                result = fit_round(_fit_inputs(new, spec, d, jax.random.fold_in(rkey, 3)),
+                                   d.search, config, key=jax.random.fold_in(rkey, 2),
+                                   workers=compile_workers)
             fit_s = time.perf_counter() - t_fit
             fitted_models = list(result.models)
             events.append({"event": "fit", "round": r, "candidates": [c.id for c in new],
@@ -504,7 +491,7 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
             # -- observe --------------------------------------------------------------
             t_obs = time.perf_counter()
             with CompileLog() as olog:
-                dt = _fit_dt(config, d, fitted_models[0])
+                dt = fit_dt(config, d, fitted_models[0])
                 round_obs = observe(
                     ids=[c.id for c in new], rounds=[r] * len(new),
                     parents=[c.parent for c in new], origins=[c.origin for c in new],
@@ -513,6 +500,7 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
                     models=fitted_models, data=d, solver=config.solver, dt=dt,
                     min_bucket=config.min_bucket)
             obs_s = time.perf_counter() - t_obs
+            fitted_here += [c.id for c in new]
             for c, o, m in zip(new, round_obs, fitted_models, strict=True):
                 obs[c.id] = o
                 models[c.id] = m
@@ -583,14 +571,41 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
     notes = spec.notes(pol)
     res = DiscoveryResult(best, winner, model, observation, test_rmse, history, table, r,
                           stop_reason, timings, {}, outp, transcript, spec.name, pol.name,
-                          notes)
+                          notes, len(done), fitted_here)
     if outp is not None:
-        from ._report import write_final, write_report as _write_report
-
-        write_final(outp, res, d, config)
+        _io.write_json(outp / "progress.json", {"round": r, "phase": "done"})
+    if outp is not None:
+        write_final(outp, res, d, config, selection)
         if write_report:
             res.report = _write_report(outp)
     return res
+
+
+def fit_round(candidates, data, config, *, key, workers: int = 2):
+    """``leads_jax.fit.fit`` with the topology groups fitted in `workers` threads.
+
+    Built from the engine's parts (:func:`~leads_jax.fit.prepare`,
+    :func:`~leads_jax.fit.fit_group`): every group is traced, compiled and trained in its
+    own thread, so XLA compiles a round's new topologies concurrently (compilation
+    releases the GIL) instead of one after another. Each group gets the same key and
+    the same programs as in ``fit``, so the results are the same.
+    """
+    plan = prepare(candidates, data, config)
+    groups = list(plan.groups)
+    if workers > 1 and len(groups) > 1:
+        with concurrent.futures.ThreadPoolExecutor(min(workers, len(groups))) as pool:
+            outs = list(pool.map(lambda g: fit_group(plan, g, key=key), groups))
+    else:
+        outs = [fit_group(plan, g, key=key) for g in groups]
+    n = len(plan.candidates)
+    records, models = [None] * n, [None] * n
+    notes = list(plan.warnings)
+    for out in outs:
+        for c, rec, model in zip(out.candidates, out.records, out.models, strict=True):
+            records[c], models[c] = rec, model
+        notes.extend(out.warnings)
+    return FitResult(build_dataset(records, result_attrs(plan, notes)), models,
+                     [c.structure for c in plan.candidates])
 
 
 def _best_val(observations) -> float:
@@ -636,7 +651,7 @@ def _make_candidate(item, cid, r, cands, obs, cat, with_memory) -> Candidate:
 
 def _fit_inputs(new: list[Candidate], spec, d: DiscoveryData, key) -> list:
     out = []
-    for i, c in enumerate(new):
+    for c in new:
         if c.structure is not None:
             out.append(c.structure)
         else:
@@ -662,8 +677,6 @@ def _policy_events(pol, r) -> list[dict]:
 
 
 def _write_round(outp, r, new, round_obs, result, fitted_models, events, timing, pstate):
-    from ..fit import save_candidate, save_dataset
-
     part = _io.round_dir(outp, r, partial=True)
     if part.exists():
         import shutil
@@ -684,8 +697,6 @@ def _write_round(outp, r, new, round_obs, result, fitted_models, events, timing,
 
 
 def _load_model(outp, c: Candidate, d: DiscoveryData, spec):
-    from ..fit import load_candidate
-
     path = _io.round_dir(outp, c.round) / "candidates" / f"candidate_{c.id:04d}.eqx"
     if c.structure is not None:
         _, model, _ = load_candidate(path, d.geometry)

@@ -35,8 +35,11 @@ from collections.abc import Mapping
 import jax
 
 from ._actions import AddClosure, Proposal, SetParameter, SetReaction
+from ._expr import expression_model, random_program
+from ._llm import LLMUnavailable
+from ._neural import neural_ode_model
 from ._offline import FixedPolicy, OfflinePolicy, RandomPolicy
-from ._policy import LLMPolicy, ModelProposal, Policy
+from ._policy import LLMPolicy, ModelProposal, Policy, candidate_key
 
 __all__ = ["METHODS", "MethodSpec", "resolve_method"]
 
@@ -74,8 +77,6 @@ class _ExpressionPolicy(Policy):
         self.events: list[dict] = []
 
     def propose(self, context, k, *, key):
-        from ._expr import random_program
-
         names = context.state_names[:2] if len(context.state_names) >= 2 else ("u", "v")
         out = []
         if self.llm is not None:
@@ -88,8 +89,6 @@ class _ExpressionPolicy(Policy):
                                                        "state_names": list(names),
                                                        "n_params": self.n_params},
                               rationale="random expression program")
-            from ._policy import candidate_key
-
             if candidate_key(p) not in context.tried and all(
                     candidate_key(p) != candidate_key(q) for q in out):
                 out.append(p)
@@ -107,8 +106,6 @@ def _llm_expressions(llm: LLMPolicy, context, k, names, n_params, events) -> lis
     """Ask the LLM for free-form right-hand sides (parsed, never executed)."""
     from pydantic import BaseModel, ConfigDict, Field
 
-    from ._expr import expression_model
-    from ._llm import LLMUnavailable
 
     class Equations(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -159,8 +156,6 @@ class _NeuralPolicy(Policy):
     WIDTHS = (16, 32, 64, 128)
 
     def propose(self, context, k, *, key):
-        from ._policy import candidate_key
-
         out = []
         for w in self.WIDTHS:
             p = ModelProposal(kind="neural", spec={"width": w, "n_states": 2},
@@ -216,14 +211,10 @@ class MethodSpec:
     def build_model(self, spec: Mapping, data, key):
         kind = spec.get("kind")
         if kind == "expression":
-            from ._expr import expression_model
-
             return expression_model(dict(spec["equations"]),
                                     state_names=tuple(spec["state_names"]),
                                     n_params=int(spec["n_params"]))
         if kind == "neural":
-            from ._neural import neural_ode_model
-
             return neural_ode_model(data.geometry, int(spec.get("n_states", 2)),
                                     int(spec["width"]), key=key)
         raise ValueError(f"unknown model kind {kind!r} in a candidate spec")

@@ -12,7 +12,8 @@ beyond it) and compares with the data (:mod:`leads_jax.measure`):
 - a generalisation verdict from ``ratio = heldout_rmse / train_rmse``:
   ``generalises`` (ratio <= 1.5), ``degrades`` (<= 3), ``fails-to-extrapolate`` (> 3),
   ``unstable`` (the stability audit failed or the rollout diverged). "Did not blow up"
-  is not enough to generalise.
+  is not enough to generalise. Data whose validation window is the record's end (a
+  recording split by time) use that window as the held-out one.
 - the parameter count and the closure norm (root mean square of what the closures add
   to the physics' rates along the rollout, state units per ms; 0 without closures);
 - where the error lives: RMSE by state variable (only when the data carry the true
@@ -37,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from ..compile import bucket_size
+from ..compile import bucket_size, stack_models
 from ..measure import PHASES, activation_times, apd90, conduction_velocity, error_breakdown
+from ..simulate import simulate
 
 __all__ = [
     "GENERALISATION_THRESHOLDS",
@@ -113,6 +115,8 @@ def _nan0(x: float) -> float:
 
 def verdict(train_rmse: float, heldout_rmse: float, stable: bool) -> tuple[float, str]:
     """``(ratio, verdict)``; see the module docstring for the thresholds."""
+    if stable and math.isnan(heldout_rmse):
+        return math.nan, "n/a (no held-out window)"
     if not stable or not math.isfinite(heldout_rmse) or not math.isfinite(train_rmse):
         return math.inf, "unstable"
     ratio = heldout_rmse / max(train_rmse, 1e-9)
@@ -140,8 +144,6 @@ def _closure_rms(model, geometry, ts, states):
 
 @eqx.filter_jit
 def _rollout(stacked, geometry, stimuli, ts, solver, dt, max_steps):
-    from ..simulate import simulate
-
     def member(m):
         def sample(st):
             tr = simulate(m, geometry, st, ts, solver=solver, dt=dt, max_steps=max_steps)
@@ -170,8 +172,6 @@ def predict(models: Sequence, geometry, stimuli, ts, *, solver: str, dt: float,
     node] or a list when state counts differ, diverged [model sample], closure_rms
     [model])`` as numpy arrays (state: list of per-model arrays).
     """
-    from ..compile import stack_models
-
     ts = jnp.asarray(ts, jnp.float32)
     max_steps = int(math.ceil(float(ts[-1] - ts[0]) / dt)) + 2
     groups: dict = {}
@@ -238,20 +238,25 @@ def observe(*, ids, rounds, parents, origins, specs, formulas, reactions, record
     pred, states, diverged, crms = predict(models, data.geometry, val.stimuli, val.ts,
                                            solver=solver, dt=dt, min_bucket=min_bucket)
     out = []
-    late = val.ts > data.t_train + 1e-9
+    late = val.ts > val.t_split + 1e-9
     for j in range(len(models)):
         row = records.isel(candidate=j)
         stable = bool(row["stable"].item()) and not bool(np.any(diverged[j]))
         train = float(row["train_rmse"].item())
         vrmse = float(row["val_rmse"].item())
-        held = _rmse(pred[j], val.observed, late) if late.any() else math.nan
+        if late.any():
+            held = _rmse(pred[j], val.observed, late)
+        elif val.held_out_window:  # a validation window after the training horizon
+            held = _rmse(pred[j], val.observed, val.scored)
+        else:
+            held = math.nan
         ratio, verd = verdict(train, held, stable)
         by_phase, early, late_r, by_region, by_state = {}, math.nan, math.nan, None, None
         cv_m = apd_m = math.nan
         if np.all(np.isfinite(pred[j])):
+            split = val.t_split if val.t_split < float(val.ts[-1]) else data.t_train
             eb = error_breakdown(pred[j], val.observed, val.ts, data.geometry,
-                                 window_edges=[float(val.ts[0]), data.t_train,
-                                               float(val.ts[-1])])
+                                 window_edges=[float(val.ts[0]), split, float(val.ts[-1])])
             by_phase = {p: float(v) for p, v in zip(PHASES, eb["rmse_by_phase"].values,
                                                      strict=True)}
             early, late_r = (float(x) for x in eb["rmse_by_window"].values)

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..structure import Structure, reaction_class
 from ._actions import (
+    ActionRejected,
     AddClosure,
     Proposal,
     Refine,
@@ -50,7 +51,6 @@ from ._actions import (
     SetParameter,
     SetReaction,
     apply_proposal,
-    ActionRejected,
 )
 from ._policy import AgentContext, Policy, candidate_key
 

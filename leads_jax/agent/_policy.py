@@ -29,10 +29,10 @@ from ..structure import Catalog, Structure
 from ._actions import (
     ActionRejected,
     PolicyReply,
-    Proposal,
     apply_proposal,
     reply_json_schema,
 )
+from ._llm import LLMClient, LLMUnavailable
 from ._observe import Observation, render_observations
 
 __all__ = ["AgentContext", "LLMPolicy", "ModelProposal", "Policy", "Reflection"]
@@ -101,8 +101,8 @@ class Policy(abc.ABC):
         """JSON-able state saved with each round (budgets, counters)."""
         return {}
 
-    def restore(self, state: Mapping) -> None:
-        """Restore :meth:`state` on resume."""
+    def restore(self, state: Mapping) -> None:  # noqa: B027 - optional hook
+        """Restore :meth:`state` on resume (default: stateless)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -156,8 +156,6 @@ class LLMPolicy(Policy):
     name = "llm"
 
     def __init__(self, client=None, *, fallback: Policy | None = None, **client_kwargs):
-        from ._llm import LLMClient
-
         if client is None:
             client = LLMClient(**client_kwargs)
         elif isinstance(client, str):
@@ -196,25 +194,41 @@ class LLMPolicy(Policy):
 
         return check
 
+    def _harvest(self, context: AgentContext, start: int) -> None:
+        """Copy the client's records of invalid replies and errors (already redacted)
+        into the run's transcript, with their rejection reasons."""
+        for rec in self.client.transcript[start:]:
+            ev = rec.get("event")
+            if ev == "reply" and rec.get("rejection"):
+                self.events.append({"event": "rejected", "round": context.round,
+                                    "rule": "llm-reply", "reason": rec["rejection"],
+                                    "raw": str(rec.get("raw", ""))[:2000]})
+            elif ev in ("error", "gave-up", "refused", "budget"):
+                self.events.append({"event": f"llm-{ev}", "round": context.round,
+                                    **{k: v for k, v in rec.items()
+                                       if k in ("kind", "status", "message", "reason",
+                                                "attempts", "rejection")}})
+
     def _give_up(self, context: AgentContext, why: str):
         self.events.append({"event": "fallback", "round": context.round, "reason": why})
         self.fallback_rounds.append(context.round)
 
     def propose(self, context: AgentContext, k: int, *, key) -> list:
-        from ._llm import LLMUnavailable
-
         if not self.stopped and self.client.budget_exhausted:
             self.stopped = "LLM budget spent"
         if self.stopped:
             self._give_up(context, self.stopped + "; offline policy proposes")
             return self.fallback.propose(context, k, key=key)
+        start = len(self.client.transcript)
         try:
             reply = self.client.ask_until_valid(build_messages(context, k), PolicyReply,
                                                 check=self._check(context))
         except LLMUnavailable as e:
+            self._harvest(context, start)
             self.stopped = f"LLM unavailable or budget spent ({e})"
             self._give_up(context, self.stopped + "; offline policy proposes")
             return self.fallback.propose(context, k, key=key)
+        self._harvest(context, start)
         if reply.parsed is None:
             self._give_up(context, f"no valid reply after {self.client.max_invalid} tries "
                           f"({reply.rejection}); offline policy proposes this round")
@@ -227,21 +241,20 @@ class LLMPolicy(Policy):
         return out
 
     def reflect(self, context: AgentContext) -> str:
-        from ._llm import LLMUnavailable
-
         if self.stopped or self.client.budget_exhausted:
             return self.fallback.reflect(context)
         msgs = build_messages(context, context.k)
         msgs[-1]["content"] += ("\n\nDo not propose yet. In at most 120 words, state what the "
                                 "observations show and what to change next, and why.")
+        start = len(self.client.transcript)
         try:
             reply = self.client.ask(msgs, Reflection)
         except LLMUnavailable as e:
+            self._harvest(context, start)
             self.stopped = f"LLM unavailable or budget spent ({e})"
             return self.fallback.reflect(context)
+        self._harvest(context, start)
         if reply.parsed is None:
-            self.events.append({"event": "rejected", "round": context.round,
-                                "reason": f"reflection: {reply.rejection}"})
             return self.fallback.reflect(context)
         return reply.parsed.reflection
 

@@ -17,8 +17,11 @@ import pathlib
 import numpy as np
 import xarray as xr
 
+from ..fit import load_results, save_dataset
+from ..measure import activation_times
 from . import _io
-from ._observe import Observation
+from ._data import fit_dt
+from ._observe import Observation, predict
 
 __all__ = ["results_dataset", "write_final", "write_report"]
 
@@ -86,14 +89,9 @@ def results_dataset(observations, final: dict | None = None) -> xr.Dataset:
     return ds
 
 
-def write_final(outp, res, d, config) -> None:
+def write_final(outp, res, d, config, sel) -> None:
     """``final.json``, ``results.nc`` and ``best_traces.nc`` of a finished run."""
-    from ..fit import save_dataset
-    from ._loop import Selection
-    from ._observe import predict
-
     outp = pathlib.Path(outp)
-    sel = Selection(**_io.read_json(outp / "run.json")["selection"])
     final = {
         "best_id": res.best_id, "test_rmse": res.test_rmse, "stop_reason": res.stop_reason,
         "rounds": res.rounds, "method": res.method, "policy": res.policy,
@@ -109,18 +107,14 @@ def write_final(outp, res, d, config) -> None:
     save_dataset(results_dataset(res.history, final), outp / "results.nc")
     if res.model is None:
         return
-    from ._loop import _fit_dt
-
-    dt = _fit_dt(config, d, res.model)
+    dt = fit_dt(config, d, res.model)
     parts = {}
     for name, split in (("val", d.val), ("test", d.test)):
         if split is None:
             continue
         pred, _, _, _ = predict([res.model], d.geometry, split.stimuli, split.ts,
-                                solver=config.solver, dt=dt)
+                                solver=config.solver, dt=dt, min_bucket=config.min_bucket)
         parts[name] = (pred[0][0], split.observed[0], split.ts)
-    from ..measure import activation_times
-
     data_vars = {}
     for name, (p, o, ts) in parts.items():
         data_vars[f"{name}_model"] = xr.Variable(("time", "node"), np.asarray(p, float),
@@ -292,8 +286,6 @@ def _figures(outp: pathlib.Path, obs, final) -> dict:
         plt.close(fig)
     tr = outp / "best_traces.nc"
     if tr.exists():
-        from ..fit import load_results
-
         ds = load_results(tr)
         split = "test" if "test_model" in ds else "val"
         fig, ax = plt.subplots(figsize=(7, 3.5))
