@@ -33,6 +33,7 @@ from ._actions import reply_json_schema as reply_json_schema
 from ._catalog_doc import render_catalog_doc as render_catalog_doc
 from ._data import DiscoveryData as DiscoveryData
 from ._data import discovery_data as discovery_data
+from ._llm_policy import LLMPolicy as LLMPolicy
 from ._loop import Budget as Budget
 from ._loop import CompileLog as CompileLog
 from ._loop import DiscoveryResult as DiscoveryResult
@@ -43,7 +44,6 @@ from ._observe import render_observations as render_observations
 from ._offline import OfflinePolicy as OfflinePolicy
 from ._offline import RandomPolicy as RandomPolicy
 from ._policy import AgentContext as AgentContext
-from ._policy import LLMPolicy as LLMPolicy
 from ._policy import ModelProposal as ModelProposal
 from ._policy import Policy as Policy
 from ._report import write_report as write_report

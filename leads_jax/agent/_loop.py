@@ -548,7 +548,7 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
             transcript += events
             if outp is not None:
                 _write_round(outp, r, new, round_obs, result, fitted_models, events, timing,
-                             pol.state())
+                             pol.state(), pol)
                 _io.atomic_write_text(outp / "transcript.jsonl", _io.jsonl(transcript))
             r += 1
             bar.update(r, len(cands), best_now, winner)
@@ -676,7 +676,8 @@ def _policy_events(pol, r) -> list[dict]:
     return ev
 
 
-def _write_round(outp, r, new, round_obs, result, fitted_models, events, timing, pstate):
+def _write_round(outp, r, new, round_obs, result, fitted_models, events, timing, pstate,
+                 pol=None):
     part = _io.round_dir(outp, r, partial=True)
     if part.exists():
         import shutil
@@ -693,6 +694,9 @@ def _write_round(outp, r, new, round_obs, result, fitted_models, events, timing,
     _io.atomic_write_text(part / "transcript.jsonl", _io.jsonl(events))
     _io.write_json(part / "timings.json", timing)
     _io.write_json(part / "policy.json", pstate)
+    client = getattr(pol, "client", None) or getattr(getattr(pol, "llm", None), "client", None)
+    if client is not None:  # the LLM's full transcript, secrets redacted by the client
+        client.write_transcript(part / "llm_transcript.json")
     _io.commit_round(part, _io.round_dir(outp, r))
 
 

@@ -37,9 +37,10 @@ import jax
 from ._actions import AddClosure, Proposal, SetParameter, SetReaction
 from ._expr import expression_model, random_program
 from ._llm import LLMUnavailable
+from ._llm_policy import LLMPolicy
 from ._neural import neural_ode_model
 from ._offline import FixedPolicy, OfflinePolicy, RandomPolicy
-from ._policy import LLMPolicy, ModelProposal, Policy, candidate_key
+from ._policy import ModelProposal, Policy, candidate_key
 
 __all__ = ["METHODS", "MethodSpec", "resolve_method"]
 
