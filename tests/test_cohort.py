@@ -101,3 +101,116 @@ def test_virtual_baselines_match_the_study(data_dir):
         se = r.study_sd / np.sqrt(r.n_study)
         assert abs(r.virtual_mean - r.study_mean) < 2.5 * se + 2.0, (k, dict(r))
         assert 0.7 < r.virtual_sd / r.study_sd < 1.3, (k, dict(r))
+
+
+def test_plausibility_report_matches_its_cohort(cohort, tmp_path):
+    """The report written with the cohort is recomputed from the cohort's own cells."""
+    import json
+
+    import pandas as pd
+
+    from ecg_world.cohort import flagged_share, plausibility_report
+
+    stored = pd.DataFrame(json.loads(cohort.attrs["plausibility_report"]))
+    again = plausibility_report(cohort)
+    pd.testing.assert_frame_equal(stored.reset_index(drop=True), again, check_dtype=False,
+                                  atol=1e-4)
+    row = again.set_index(["action", "variable"])
+    for a in cohort.action.values:
+        q = cohort.QTcF.sel(action=a).values
+        assert row.loc[(a, "QTcF"), "median"] == pytest.approx(np.median(q), abs=1e-3)
+        assert row.loc[(a, "QTcF"), "max"] == pytest.approx(q.max(), abs=1e-3)
+        assert row.loc[(a, "pr_gt_200"), "share"] == pytest.approx(
+            float(cohort.pr_gt_200.sel(action=a).mean()))
+    assert set(again.variable) >= {"RR", "PR", "QRS", "QT", "QTcF", "heart_rate", "dQTcF",
+                                   "torsade_risk", "plausible", "extrapolated"}
+    # the default dose range stays inside the calibrated range: few cells flagged
+    assert flagged_share(cohort) < 0.05
+
+
+def test_cli_writes_the_report_and_uses_a_drugs_file(tmp_path, data_dir):
+    """`ecg-world synth --drugs-file` end to end: the user's drug is in the cohort, with its
+    library stored in the file (same shapes as the module's cohort: compiled stages reused)."""
+    from ecg_world import ECGBatch
+
+    out = tmp_path / "moxi.nc"
+    rc = main(["synth", "--n-patients", str(N), "--out", str(out), "--seed", "4",
+               "--times", *map(str, TIMES), "--sampling-rate", "125", "--duration", "4",
+               "--leads", "I", "V2", "--drugs-file", str(data_dir / "drugs_moxifloxacin.json"),
+               "--drugs", "placebo", "dofetilide", "quinidine", "verapamil", "moxifloxacin"])
+    assert rc == 0
+    assert (tmp_path / "moxi.plausibility.md").read_text().startswith("# Cohort plausibility")
+    b = ECGBatch.from_netcdf(out)
+    assert "moxifloxacin" in b.library.names and b.action_names[-1] == "moxifloxacin"
+    j = b.action_names.index("moxifloxacin")
+    assert b.library.names[int(b.drug[0, j, 0])] == "moxifloxacin"
+    d = np.asarray(b.intervals.qtcf[:, j] - b.intervals.qtcf[:, 0])  # vs placebo
+    assert 0.0 < float(d.mean()) < 40.0 and bool(np.all(b.valid))
+    assert main(["synth", "--n-patients", "2", "--out", str(tmp_path / "x.nc"),
+                 "--drugs-file", str(tmp_path / "none.json")]) == 2
+
+
+@pytest.fixture(scope="module")
+def dose_response():
+    """Intervals of a typical and a long-QT twin over doses up to 10x the study dose."""
+    import jax
+    import jax.numpy as jnp
+
+    from ecg_world import (
+        Action,
+        apply_action,
+        default_pharmacology,
+        patient_intervals,
+        twin_from_intervals,
+    )
+
+    pharm = default_pharmacology()
+    lib = pharm.library
+    params, _ = twin_from_intervals([1000.0, 1100.0], [165.0, 190.0], [98.0, 105.0],
+                                    [400.0, 480.0])
+    mult = jnp.asarray([0.0, 0.5, 1.0, 2.0, 4.0, 10.0])
+    times = jnp.asarray([0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 12.0, 24.0])
+    ids = jnp.arange(len(lib.names))
+    std = jnp.asarray([float(make_mg(lib, d)) for d in lib.names])
+
+    @jax.jit
+    def grid(params):
+        def one(p, d, m, t):
+            q = apply_action(p, Action(d, std[d] * m, t), pharm=pharm)
+            return patient_intervals(q), q.valid
+
+        f = jax.vmap(one, (None, None, None, 0))
+        f = jax.vmap(f, (None, None, 0, None))
+        f = jax.vmap(f, (None, 0, None, None))
+        return jax.vmap(f, (0, None, None, None))(params, ids, mult, times)
+
+    iv, valid = grid(params)  # (patient, drug, multiplier, time)
+    return lib, np.asarray(mult), iv, np.asarray(valid)
+
+
+def make_mg(lib, name):
+    from ecg_world.drugs import dose_to_mg
+
+    return dose_to_mg(lib[name].standard_dose, lib[name].dose_unit)
+
+
+def test_no_negative_interval_up_to_10x_the_study_dose(dose_response):
+    lib, mult, iv, valid = dose_response
+    assert valid.all()
+    for k in ("rr", "pr", "qrs", "qt", "qtcf"):
+        v = np.asarray(getattr(iv, k))
+        assert np.isfinite(v).all() and (v > 0).all(), k
+    # up to twice the study dose every interval is physiological; beyond, the cohort flags
+    # what is not (plausible = False), as data
+    ok = np.asarray(iv.plausible())
+    assert ok[:, :, mult <= 2.0].all()
+    assert np.asarray(iv.qtcf)[~ok].min() > 0 if (~ok).any() else True
+
+
+def test_verapamil_240mg_pr_increase_under_100ms(dose_response):
+    lib, mult, iv, _ = dose_response
+    v, pl = lib.index("verapamil"), lib.index("placebo")
+    j = int(np.flatnonzero(mult == 2.0)[0])  # 240 mg = 2 x 120 mg
+    d_pr = np.asarray(iv.pr)[:, v, j] - np.asarray(iv.pr)[:, pl, 0]
+    assert d_pr.max() < 100.0
+    assert d_pr.max() > 0.0  # it still prolongs PR
