@@ -152,7 +152,7 @@ def diffusion_loss(model: Denoiser, x0, z_pre, features, x0_anchor, key: PRNGKey
 
 
 def sample_latents(model: Denoiser, z_pre: Float[Array, "batch latent"],
-                   features: Float[Array, "batch feat"], keys: PRNGKeyArray, *, steps: int,
+                   features: Float[Array, "batch feat"], keys, *, steps: int,
                    eta: float = 0.0) -> Float[Array, "batch latent"]:
     """Draw one standardised change ``x0`` per row (one key per row): DDIM for ``eta = 0``,
     ancestral for ``eta = 1`` (``steps`` uniform steps in ``t`` from 1 to 0)."""

@@ -78,9 +78,13 @@ class TrainConfig:
     use_anchor: bool = True
     checkpoint_every: int = 500
     seed: int = 0
+    ae_channels: tuple[int, ...] = (16, 32, 32, 64, 64)
+    latent_channels: int = 8
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["ae_channels"] = list(self.ae_channels)
+        return d
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -269,7 +273,9 @@ def train(data: str | pathlib.Path, out: str | pathlib.Path, config: TrainConfig
                                     verbose=verbose)
     pairs = prep.pairs
     spec = pairs.spec
-    aec = AEConfig(n_leads=len(spec.leads), n_samples=spec.n_samples)
+    aec = AEConfig(n_leads=len(spec.leads), n_samples=spec.n_samples,
+                   channels=tuple(cfg.ae_channels), latent_channels=cfg.latent_channels,
+                   stem_channels=cfg.ae_channels[0])
     dfc = DiffusionConfig(latent_dim=aec.latent_dim, hidden=cfg.hidden, n_blocks=cfg.n_blocks,
                           anchor_scale=cfg.anchor_scale if cfg.use_anchor else 0.0,
                           anchor_power=cfg.anchor_power, ema_decay=cfg.ema_decay)

@@ -1,0 +1,267 @@
+"""World model (ecg_world.world): training, save/load, sampling, anchor switch, JSON drug,
+bad inputs, 1-vs-4-device equality. Tiny models on synthetic strips (no cohort needed)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ecg_world.calibrated import default_calibration
+from ecg_world.drugs import load_drugs
+
+from ecg_world.actions import Action, make_action
+from ecg_world.world import data as wdata
+from ecg_world.world.data import PairSet, StripSpec, action_features
+from ecg_world.world.model import ModelFormatError, load_model
+from ecg_world.world.sample import rollouts
+from ecg_world.world.train import Prepared, TrainConfig, train
+
+TINY = TrainConfig(ae_steps=25, ae_batch=8, diff_steps=25, diff_batch=8, hidden=32,
+                   n_blocks=1, ae_channels=(4, 4, 8, 8, 8), latent_channels=2,
+                   checkpoint_every=10, ema_decay=0.5, ae_lr=5e-3)
+
+
+def _beats(rng, n, rr, amp_t):
+    t = np.arange(n) / 250.0
+    r = 0.25 + rr * np.arange(8)
+    x = np.zeros(n)
+    for r0 in r:
+        x += 1.2 * np.exp(-0.5 * ((t - r0) / 0.012) ** 2)
+        x += amp_t * np.exp(-0.5 * ((t - r0 - 0.3) / 0.05) ** 2)
+        x += 0.15 * np.exp(-0.5 * ((t - r0 + 0.16) / 0.025) ** 2)
+    return x + 0.01 * rng.standard_normal(n)
+
+
+def fake_prepared(n_patients=8, n_actions=3, seed=0) -> Prepared:
+    """Pairs of R-aligned synthetic strips: the 'drug' raises the T wave with the dose."""
+    rng = np.random.default_rng(seed)
+    cal = default_calibration()
+    pharm = cal.pharmacology
+    lib = pharm.library
+    spec = StripSpec(250.0, 1024, ("II", "V2"))
+    pre, post, drug, dose, tim, pat = [], [], [], [], [], []
+    for p in range(n_patients):
+        rr = rng.uniform(0.7, 1.1)
+        base = np.stack([_beats(rng, 1024, rr, 0.3), -0.5 * _beats(rng, 1024, rr, 0.3)])
+        for a in range(n_actions):
+            d = ["dofetilide", "placebo", "verapamil"][a % 3]
+            act = make_action(d, None, None, 2.0, library=lib)
+            amp = 0.3 + (0.2 if d == "dofetilide" else 0.0)
+            pre.append(base)
+            post.append(np.stack([_beats(rng, 1024, rr, amp), -0.5 * _beats(rng, 1024, rr, amp)]))
+            drug.append(int(act.drug))
+            dose.append(float(act.dose_mg))
+            tim.append(2.0)
+            pat.append(p)
+    n = len(pre)
+    act = Action(np.array(drug), np.array(dose, np.float32), np.array(tim, np.float32),
+                 lib.names)
+    feats = action_features(pharm, act)
+    split = np.array([0 if p < n_patients - 2 else (1 if p == n_patients - 2 else 2)
+                      for p in pat], np.int32)
+    f32 = lambda v: jnp.asarray(np.asarray(v, np.float32))
+    pairs = PairSet(pre=f32(pre), post=f32(post), drug=jnp.asarray(drug, jnp.int32),
+                    dose_mg=f32(dose), time_h=f32(tim), features=f32(feats),
+                    patient=jnp.asarray(pat, jnp.int32), split=jnp.asarray(split),
+                    truth_rr=f32(np.full(n, 900.0)), truth_pr=f32(np.full(n, 160.0)),
+                    truth_qrs=f32(np.full(n, 90.0)), truth_qt=f32(np.full(n, 400.0)),
+                    truth_qtcf=f32(np.full(n, 410.0)), pre_qtcf=f32(np.full(n, 400.0)),
+                    spec=spec, drug_names=tuple(lib.names))
+    anchor_post = np.asarray(post, np.float32) * 0.9
+    return Prepared(pairs, anchor_post, np.zeros(n_patients), pharm, "0" * 64)
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return fake_prepared()
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("world") / "tiny"
+    model, hist = train("unused.nc", out, TINY, prepared=prepared, verbose=False,
+                        command="test")
+    return out, model, hist
+
+
+def test_tiny_model_trains_and_loss_falls(trained, prepared):
+    from ecg_world.world.diffusion import diffusion_loss
+    from ecg_world.world.model import WorldModel
+
+    out, model, hist = trained
+    ae, dl = hist["ae_loss"], hist["diff_loss"]
+    assert ae.shape == (TINY.ae_steps,) and dl.shape == (TINY.diff_steps, 3)
+    assert np.mean(ae[-5:]) < 0.9 * np.mean(ae[:5])
+    # the diffusion loss on all pairs at one fixed key: trained (EMA) < initial weights
+    p = prepared.pairs
+    z_pre = model.autoencoder.encode(p.pre)
+    z_post = model.autoencoder.encode(p.post)
+    z_anc = model.autoencoder.encode(jnp.asarray(prepared.anchor_post))
+    x0 = (z_post - z_pre) / model.delta_std
+    xa = (z_anc - z_pre) / model.delta_std
+    zp = (z_pre - model.pre_mean) / model.pre_std
+    init = WorldModel.create(model.spec, model.ae_config, model.diffusion_config,
+                             seed=TINY.seed)
+    key = jax.random.key(11)
+    before = diffusion_loss(init.denoiser, x0, zp, p.features, xa, key,
+                            model.diffusion_config)[0]
+    after = diffusion_loss(model.denoiser, x0, zp, p.features, xa, key,
+                           model.diffusion_config)[0]
+    assert float(after) < float(before)
+    assert np.all(dl[:, 2] > 0)  # the anchor term is on by default
+    assert (out / "config.json").is_file() and (out / "weights").is_dir()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["ecg_world_version"] and cfg["command"] == "test"
+
+
+def test_save_load_identical_samples_and_keys_differ(trained, prepared):
+    out, model, _ = trained
+    loaded = load_model(out)
+    pre = prepared.pairs.pre[:2]
+    f = prepared.pairs.features[:2]
+    key = jax.random.key(3)
+    a = np.asarray(rollouts(model, pre, f, key, k=3, steps=4))
+    b = np.asarray(rollouts(loaded, pre, f, key, k=3, steps=4))
+    assert a.shape == (2, 3, 2, 1024)
+    np.testing.assert_array_equal(a, b)
+    c = np.asarray(rollouts(loaded, pre, f, jax.random.key(4), k=3, steps=4))
+    assert np.max(np.abs(a - c)) > 1e-4
+    # rollouts of one row are different draws (independent keys)
+    assert np.max(np.abs(a[0, 0] - a[0, 1])) > 1e-4
+    anc = np.asarray(rollouts(loaded, pre, f, key, k=3, steps=4, sampler="ancestral"))
+    assert np.all(np.isfinite(anc))
+
+
+def test_anchor_switch_both_paths_run(prepared, tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(TINY, ae_steps=3, diff_steps=4, use_anchor=False,
+                              checkpoint_every=100)
+    _, hist = train("unused.nc", tmp_path / "noanchor", cfg, prepared=prepared, verbose=False)
+    assert np.all(hist["diff_loss"][:, 2] == 0.0)
+    c = json.loads((tmp_path / "noanchor" / "config.json").read_text())
+    assert c["diffusion"]["anchor_scale"] == 0.0 and c["anchor"]["use_anchor"] is False
+
+
+def test_resume_continues_the_same_curve(prepared, tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(TINY, ae_steps=4, diff_steps=6, checkpoint_every=3)
+    _, full = train("unused.nc", tmp_path / "a", cfg, prepared=prepared, verbose=False)
+    with pytest.raises(ValueError, match="already holds"):
+        train("unused.nc", tmp_path / "a", cfg, prepared=prepared, verbose=False)
+    # resume from the checkpoint at the end of the autoencoder stage
+    _, again = train("unused.nc", tmp_path / "a", cfg, prepared=prepared, verbose=False,
+                     resume=True)
+    np.testing.assert_allclose(again["diff_loss"], full["diff_loss"], rtol=1e-5)
+
+
+def test_json_drug_is_a_valid_condition(tmp_path, trained, prepared):
+    doc = json.loads((pathlib.Path(__import__("ecg_world").__file__).parent / "data" /
+                      "drugs.json").read_text())
+    entry = dict(doc["drugs"]["dofetilide"])
+    entry.update(display_name="Testdrug", aliases=["Testdrug"])
+    entry["potency"] = {"IKr": {"ic50_nM": 50.0, "hill": 1.0},
+                        "ICaL": {"ic50_nM": 2000.0, "hill": 1.0}}
+    path = tmp_path / "my.json"
+    path.write_text(json.dumps({"testdrug": entry}))
+    pharm = default_calibration().with_library(load_drugs(path)).pharmacology
+    act = make_action("testdrug", 500, "ug", 2.0, library=pharm.library)
+    f = np.asarray(action_features(pharm, act))
+    assert f.shape == (wdata.N_FEATURES,) and np.all(np.isfinite(f))
+    ref = default_calibration().with_library(load_drugs(path)).pharmacology
+    dof = np.asarray(action_features(ref, make_action("dofetilide", 500, "ug", 2.0,
+                                                      library=ref.library)))
+    assert f[0] < dof[0]  # weaker hERG potency -> less IKr block
+    _, model, _ = trained
+    y = rollouts(model, prepared.pairs.pre[:1], f[None], jax.random.key(0), k=2, steps=2)
+    assert np.all(np.isfinite(np.asarray(y)))
+
+
+def test_bad_inputs(trained, prepared, tmp_path):
+    out, model, _ = trained
+    pre = np.asarray(prepared.pairs.pre[:1])
+    f = prepared.pairs.features[:1]
+    with pytest.raises(ValueError, match="k"):
+        rollouts(model, pre, f, jax.random.key(0), k=0)
+    bad = pre.copy()
+    bad[0, 0, 10] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        rollouts(model, bad, f, jax.random.key(0), k=1)
+    spec = model.spec
+    with pytest.raises(ValueError, match="too short"):
+        wdata.strips_from_record(np.zeros((2, 500)), ["II", "V2"], 250.0, spec)
+    with pytest.raises(ValueError, match="lacks leads"):
+        wdata.strips_from_record(np.zeros((2, 2000)), ["I", "V2"], 250.0, spec)
+    nan = np.zeros((2, 2000))
+    nan[1, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        wdata.strips_from_record(nan, ["II", "V2"], 250.0, spec)
+    ok = wdata.strips_from_record(np.zeros((2, 5000)), ["II", "V2"], 500.0, spec)
+    assert ok.shape == (2, 1024)
+    lib = default_calibration().pharmacology.library
+    with pytest.raises(ValueError, match="unknown drug|valid"):
+        make_action("notadrug", 1, "mg", 1.0, library=lib)
+    with pytest.raises(ValueError):
+        make_action("dofetilide", -5, "ug", 1.0, library=lib)
+    with pytest.raises(ValueError):
+        make_action("dofetilide", 500, "ug", -1.0, library=lib)
+    # model directory: missing files, another version, edited weights
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "config.json").unlink()
+    with pytest.raises(ModelFormatError, match="config.json"):
+        load_model(broken)
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["ecg_world_version"] = "0.0.1"
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFormatError, match="0.0.1"):
+        load_model(other)
+    nowt = tmp_path / "nowt"
+    shutil.copytree(out, nowt)
+    shutil.rmtree(nowt / "weights")
+    with pytest.raises(ModelFormatError, match="weights"):
+        load_model(nowt)
+    with pytest.raises(ModelFormatError, match="not found"):
+        load_model(tmp_path / "nothing")
+
+
+_DEVICE_SCRIPT = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_world_model import TINY, fake_prepared
+import dataclasses, jax
+from ecg_world.world.train import train
+cfg = dataclasses.replace(TINY, ae_steps=6, diff_steps=6, checkpoint_every=100)
+_, h = train("unused.nc", {out!r}, cfg, prepared=fake_prepared(), verbose=False)
+print(json.dumps({{"n": len(jax.devices()), "ae": h["ae_loss"].tolist(),
+                  "diff": h["diff_loss"].tolist()}}))
+"""
+
+
+@pytest.mark.slow  # two subprocesses that compile everything: ~1-2 min on 2 cores
+def test_one_vs_four_devices_same_loss_curve(tmp_path):
+    res = {}
+    for n in (1, 4):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+                   JAX_PLATFORMS="cpu")
+        code = _DEVICE_SCRIPT.format(tests=str(pathlib.Path(__file__).parent),
+                                     out=str(tmp_path / f"d{n}"))
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        res[n] = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res[1]["n"] == 1 and res[4]["n"] == 4
+    np.testing.assert_allclose(res[4]["ae"], res[1]["ae"], rtol=2e-4, atol=1e-7)
+    np.testing.assert_allclose(res[4]["diff"], res[1]["diff"], rtol=2e-3, atol=1e-5)
