@@ -42,6 +42,7 @@ from __future__ import annotations
 import datetime
 import pathlib
 import subprocess
+import warnings
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -118,7 +119,12 @@ def _pk_log_conc(table, idx, p, dose_mg, t, er):
 
 def fit_pk(df: pd.DataFrame, library: DrugLibrary | None = None, *, drugs=None) -> dict:
     """Per-drug PK fit to log plasma concentrations. Returns ``{drug: {pk..., omega_exposure,
-    rmse_log, n}}``."""
+    rmse_log, n}}``.
+
+    **Fallback (documented, tested):** a drug with fewer than 5 positive concentrations in
+    the table (e.g. a table without ``PCSTRESN``) is left out of the result with a warning;
+    :func:`calibrate` then keeps its PK constants from ``drugs.json`` and records the drug
+    under ``provenance["pk_from_drugs_json"]``."""
     library = library or default_library()
     means = triplicate_means(df)
     out = {}
@@ -131,6 +137,9 @@ def fit_pk(df: pd.DataFrame, library: DrugLibrary | None = None, *, drugs=None) 
         sub = means[(means.drug == name) & (means.tpt > 0) & np.isfinite(means.conc_ng_ml)
                     & (means.conc_ng_ml > 0)]
         if len(sub) < 5:
+            warnings.warn(f"fit_pk: {name} has {len(sub)} positive plasma concentrations in "
+                          "the table (< 5): its PK constants stay at the drugs.json values",
+                          stacklevel=2)
             continue
         dose_rows = df[(df.drug == name)]
         dose, unit = drug.standard_dose, drug.dose_unit
@@ -395,6 +404,9 @@ def fit_effect_map(
     table = library.table()
     base = targets.base_mean.to_series()
     obs, w = _target_arrays(targets, drugs)
+    if not np.any(np.asarray(w) > 0):
+        raise ValueError(f"no finite post-dose target for drugs {drugs}: the table gives no "
+                         "placebo-corrected change to fit")
     eta_pk, eta_pd = design.etas(variability)
     n_map = len(MAP_FIELDS)
     n_d = len(drugs) if fit_drug_pk else 0
@@ -541,6 +553,7 @@ def calibrate(
                   "placebo course; weighted least squares of the shared effect map)",
         "n_virtual": n_virtual,
         "seed": seed,
+        "pk_from_drugs_json": sorted(d for d in fit_drugs if d not in pk),
     }
     cal = Calibration(lib, emap, diurnal, var, provenance, pk, info, bdist, sens)
     return cal, targets

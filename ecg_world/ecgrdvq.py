@@ -266,6 +266,32 @@ def _summary(values: np.ndarray, level: float) -> tuple[float, float, int, float
     return m, sd, n, m - half, m + half
 
 
+def check_design(df: pd.DataFrame, placebo: str = "placebo") -> None:
+    """The table must hold what placebo-corrected changes need, else ``ValueError`` (never
+    all-NaN targets): placebo rows, pre-dose baseline rows (``TPT`` = -0.5) in the placebo
+    and in at least one drug period, and at least one drug besides placebo. A table without
+    concentrations is accepted: the calibration then keeps each such drug's PK constants from
+    ``drugs.json`` (documented fallback, :func:`ecg_world.calibration.fit_pk`)."""
+    arms = set(df["drug"].unique())
+    if placebo not in arms:
+        raise ValueError(f"the table has no placebo rows (EXTRT naming {placebo!r}; found "
+                         f"{sorted(arms)}): placebo-corrected changes need a placebo period")
+    drugs = sorted(arms - {placebo})
+    if not drugs:
+        raise ValueError("the table has only placebo rows: nothing to calibrate against")
+    pre = df[df["tpt"] == BASELINE_TPT]
+    if pre.empty:
+        raise ValueError(f"the table has no pre-dose baseline rows (TPT = {BASELINE_TPT}): "
+                         "changes from baseline cannot be computed")
+    if placebo not in set(pre["drug"]):
+        raise ValueError(f"the table has no pre-dose baseline rows (TPT = {BASELINE_TPT}) in "
+                         "the placebo period")
+    missing = [d for d in drugs if d not in set(pre["drug"])]
+    if len(missing) == len(drugs):
+        raise ValueError(f"no drug period has pre-dose baseline rows (TPT = {BASELINE_TPT}); "
+                         f"drugs: {drugs}")
+
+
 def compute_targets(
     table: str | pathlib.Path | pd.DataFrame,
     *,
@@ -289,6 +315,7 @@ def compute_targets(
     - attrs: subjects, level, repairs.
     """
     df = as_read_table(table, library=library)
+    check_design(df)
     endpoints = tuple(endpoints)
     means = triplicate_means(df)
     ch = change_from_baseline(means, endpoints)

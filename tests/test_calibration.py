@@ -102,3 +102,28 @@ def test_full_calibration_is_reproducible(data_dir, targets):
     cov = coverage_table(pred.sim_mean, targets).set_index(["drug", "endpoint"])
     assert all(cov.loc[(d, e), "inside_band"] >= 0.8 for d in targets.drug.values
                for e in ACCEPT)
+
+
+def test_table_guards_never_give_all_nan_targets(data_dir):
+    """A table without placebo or baseline rows is a clear error; a table without
+    concentrations falls back to the drugs.json PK (documented in fit_pk), with a warning."""
+    import pandas as pd
+
+    from ecg_world.calibration import fit_pk
+    from ecg_world.ecgrdvq import read_ecgrdvq
+
+    raw = pd.read_csv(data_dir / CSV)
+    with pytest.raises(ValueError, match="no placebo rows"):
+        compute_targets(raw[raw.EXTRT != "Placebo"])
+    with pytest.raises(ValueError, match="no pre-dose baseline rows"):
+        compute_targets(raw[raw.TPT != -0.5])
+    with pytest.raises(ValueError, match="in the placebo period"):
+        compute_targets(raw[~((raw.TPT == -0.5) & (raw.EXTRT == "Placebo"))])
+    with pytest.raises(ValueError, match="only placebo rows"):
+        compute_targets(raw[raw.EXTRT == "Placebo"])
+    no_conc = raw.drop(columns=["PCSTRESN", "PCSTRESU"])
+    t = compute_targets(no_conc)
+    assert np.isfinite(t.dd_mean.sel(endpoint="QTcF")).mean() > 0.9
+    assert np.isnan(t.conc_median).all()
+    with pytest.warns(UserWarning, match="stay at the drugs.json values"):
+        assert fit_pk(read_ecgrdvq(no_conc)) == {}
