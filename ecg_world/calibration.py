@@ -1,4 +1,9 @@
-"""Calibration of the shared pharmacology against the SCR-002 study table.
+"""Calibration of the shared pharmacology against the SCR-002 study table (the fitting).
+
+The result is a :class:`~ecg_world.calibrated.Calibration` (the frozen artifact, read and
+written as JSON by :mod:`ecg_world.calibrated`); the report on it is
+:mod:`ecg_world.calibration_report`. This module only fits and evaluates the fit
+(:func:`predicted_time_courses`, :func:`coverage_table`, :func:`leave_one_drug_out`).
 
 Three stages, all driven by targets computed from whatever table is given
 (:func:`ecg_world.ecgrdvq.compute_targets`; subjects are read from the file):

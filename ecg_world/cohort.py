@@ -1,16 +1,33 @@
 """Synthetic cohorts for the ECG world model: virtual patients x actions x times -> ECGs.
 
-:func:`synthesize` draws virtual patients whose baselines follow the SCR-002 study's baseline
-distribution (stored with the calibration), with a share of long-QT baselines and random dose
-multipliers (0.25x-2x the study dose, log-uniform) so that risk events are not rare, applies
-every action at several times after the dose through the calibrated pharmacology
-(:func:`ecg_world.pharmacology.apply_action`), and renders R-aligned multi-lead ECG segments
-with the McSharry kernel at a fixed sampling rate and length.
+:func:`synthesize_batch` (:class:`~ecg_world.batch.ECGBatch`) and :func:`synthesize` (the same
+as an ``xarray.Dataset``) draw virtual patients whose baselines follow the SCR-002 study's
+baseline distribution (stored with the calibration), with a share of long-QT baselines and
+random dose multipliers, apply every action at several times after the dose through the
+calibrated pharmacology (:func:`ecg_world.pharmacology.apply_action`, the pharmacology passed
+as an argument), and render R-aligned multi-lead ECG segments with the McSharry kernel at a
+fixed sampling rate and length, plus one pre-dose segment per patient.
 
-**Output** (``xarray.Dataset``; dims ``patient, action, time_after_dose, lead, time``):
+**Inside the calibrated range.** The dose multipliers are log-uniform in
+:data:`DEFAULT_DOSE_RANGE` (0.25-1x the study dose: the calibration saw the study dose and
+the concentrations below it). With the between-subject PK variability on top, a cell may
+still reach an effect-site block beyond what the calibration drugs reached in the study
+(:func:`calibrated_block_range`, at the 95th percentile of exposure): it is flagged
+``extrapolated``, per cell. The map's response is bounded
+(:data:`ecg_world.pharmacology.RESPONSE_BOUNDS`), so no dose gives a negative interval, and
+cells whose intervals leave the physiological ranges
+(:data:`ecg_world.batch.PLAUSIBLE_RANGES`) are flagged ``plausible = False``; an invalid
+action gives ``valid = False`` and NaN data. Nothing is dropped: the flags are data.
+A plausibility report (:func:`plausibility_report`: per action, the distribution of every
+interval and the share of each risk label and flag) is stored in
+``attrs["plausibility_report"]`` and written by ``ecg-world synth`` next to the cohort.
+
+**Output** (``xarray.Dataset``; dims ``patient, action, time_after_dose, lead, time``; the
+field-by-field description with shapes and units is :class:`~ecg_world.batch.ECGBatch`):
 
 - ``ecg`` (mV): noise-added segments; the first R peak at ``attrs["first_r_peak_s"]`` and
-  every RR after it (constant RR within a segment, so beats are R-aligned);
+  every RR after it (constant RR within a segment, so beats are R-aligned); ``baseline_ecg``
+  (patient, lead, time): the same patient before the dose;
 - exact intervals ``RR, PR, QRS, QT, QTcF, QTcB, heart_rate`` from the kernel's reference
   fiducials of the noise-free beat (:func:`leads_jax.physics.ecg_fiducials.reference_intervals`);
 - ``baseline_*`` (patient): the same at baseline (no drug, pre-dose time);
@@ -21,8 +38,9 @@ with the McSharry kernel at a fixed sampling rate and length.
   ``qtcf_gt_480`` (ICH E14 bins), ``dqtcf_gt_30``, ``pr_gt_200`` (first-degree AV block),
   ``qrs_ge_120`` (ventricular conduction delay), ``hr_lt_50`` (bradycardia), ``hr_gt_100``
   (tachycardia);
+- flags ``valid``, ``plausible``, ``extrapolated`` (see above);
 - ``split`` (patient): ``train``/``val``/``test``, assigned per patient (no patient in two
-  splits), seeded.
+  splits), seeded; ``attrs["drug_library"]``: the drug table the ``drug_id`` values index.
 
 **Noise** (documented levels, seeded): white Gaussian noise of SD ``noise_mv`` (default
 0.02 mV), baseline wander (two sinusoids at 0.1-0.4 Hz, amplitude up to 0.1 mV in total) and

@@ -47,6 +47,18 @@ are nevertheless informed by ECG data in the calibration (:mod:`ecg_world.calibr
 effect-site rate ``ke0`` (hysteresis, e.g. dofetilide's slow hERG binding) and the unbound
 fraction, kept inside the range implied by the label's protein binding.
 
+**Bounded response.** The fractional QT, PR and QRS changes of the map pass through a smooth
+saturation (:func:`soft_bound`, :data:`RESPONSE_BOUNDS`) that is the identity to < 0.1% in the
+calibrated range and keeps every interval positive and physiological at any dose.
+
+**Explicit pharmacology, no silent wrong drug.** Every traceable function takes its drug
+table (or the :class:`Pharmacology`) as an argument; there is no global default inside this
+module (:func:`ecg_world.calibrated.default_pharmacology` resolves the committed one at the
+public boundary). Table lookups use :meth:`~ecg_world.drugs.DrugTable.row`, which gives NaN
+for an id outside the table instead of JAX's clamp to the last row; :func:`apply_action`
+rejects an action of another library and concrete out-of-range values, and carries a
+validity flag (``PatientParams.valid``) under tracing.
+
 **References.** McSharry PE et al., IEEE Trans Biomed Eng 2003;50:289-294 (the kernel);
 Sheiner LB et al., Clin Pharmacol Ther 1979;25:358-371 (effect compartment); Crumb WJ et al.,
 J Pharmacol Toxicol Methods 2016;81:251-262 and Li Z et al., Circ Arrhythm Electrophysiol
