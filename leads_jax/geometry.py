@@ -17,6 +17,7 @@ no edge leads out). $D$ is in cm^2/ms, so $L$ is in 1/cm^2.
 
 Constructors (all return a :class:`Geometry`):
 
+- :meth:`Geometry.single_cell` -- one isolated cell (1 node, no edges, no diffusion).
 - :meth:`Geometry.cable` -- 1-D cable, ``n_nodes`` nodes spaced ``dx`` cm.
   ``w = 1/dx``, ``m = dx`` inside and ``dx/2`` at both ends (linear finite
   elements with a lumped mass, i.e. the second-order mirror-node Neumann stencil).
@@ -69,7 +70,7 @@ __all__ = [
     "triangle_angles",
 ]
 
-_KINDS = ("cable", "sheet", "mesh", "graph")
+_KINDS = ("cable", "sheet", "mesh", "graph", "single-cell")
 
 
 # ----------------------------------------------------------------------------------
@@ -465,6 +466,12 @@ class Geometry(eqx.Module):
         name="geometry",
     ) -> "Geometry":
         """Rebuild a geometry from stored arrays (validated; weights taken as given)."""
+        if kind == "single-cell":
+            if np.asarray(vertices).shape[:1] != (1,) or np.asarray(edges).size != 0:
+                raise ValueError("a single-cell geometry has 1 node and no edges; got "
+                                 f"vertices {np.asarray(vertices).shape}, edges "
+                                 f"{np.asarray(edges).shape}")
+            return cls.single_cell(name=name)
         v = _check_vertices(vertices)
         n = v.shape[0]
         e = _check_index_array(edges, n, 2, "edges")
@@ -539,6 +546,25 @@ class Geometry(eqx.Module):
             "center": range(c0, c0 + sw),
         }
         return cls._build(v, e, w, m, r, names, None, "cable", sites, name or f"cable{n_nodes}")
+
+    @classmethod
+    def single_cell(cls, *, name: str = "single-cell") -> "Geometry":
+        """One isolated cell: a single node at the origin, no edges (so no diffusion),
+        unit mass, one region ``"all"`` and one pacing site ``"cell"``. The geometry of
+        a patch-clamp or single-myocyte recording."""
+        return Geometry(
+            vertices=jnp.zeros((1, 3), dtype=float),
+            edges=jnp.zeros((0, 2), dtype=jnp.int32),
+            edge_weights=jnp.zeros((0,), dtype=float),
+            mass=jnp.ones((1,), dtype=float),
+            regions=jnp.zeros((1,), dtype=jnp.int32),
+            faces=None,
+            kind="single-cell",
+            n_regions=1,
+            region_names=("all",),
+            pacing_sites=(("cell", (0,)),),
+            name=name,
+        )
 
     @classmethod
     def sheet(

@@ -3,7 +3,6 @@ local fake OpenAI-compatible server on 127.0.0.1 replaying scripted (bad) replie
 
 import http.server
 import json
-import os
 import pathlib
 import subprocess
 import sys

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import ast
 import math
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 
@@ -54,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Float, Int, PRNGKeyArray
-from ..compile import AbstractCompiledModel
+from ..compile import AbstractBoundModel, AbstractCompiledModel
 
 __all__ = [
     "FUNCTIONS",
@@ -136,13 +137,15 @@ def _check_state_names(state_names: Sequence[str]) -> tuple[str, ...]:
     return names
 
 
-def parse_expression(text: str, state_names: Sequence[str], n_params: int) -> ast.expr:
+def parse_expression(text: str, state_names: Sequence[str],
+                     n_params: numbers.Integral) -> ast.expr:
     """Parse and check one right-hand side; returns the checked :mod:`ast` tree.
 
     Raises :class:`ExpressionError` for anything outside the grammar (module docstring).
     """
     if not isinstance(text, str):
-        raise ExpressionError("syntax", f"an expression must be a string, got {type(text).__name__}")
+        raise ExpressionError("syntax",
+                              f"an expression must be a string, got {type(text).__name__}")
     if len(text) > MAX_CHARS:
         raise ExpressionError(
             "too-long", f"the expression has {len(text)} characters; the limit is {MAX_CHARS}",
@@ -289,11 +292,11 @@ def _stack_depth(code) -> int:
 def compile_program(
     expressions: Sequence[str],
     state_names: Sequence[str],
-    n_params: int,
+    n_params: numbers.Integral,
     *,
-    max_params: int | None = None,
-    max_len: int = 64,
-    stack_size: int = 16,
+    max_params: numbers.Integral | None = None,
+    max_len: numbers.Integral = 64,
+    stack_size: numbers.Integral = 16,
 ) -> Program:
     """Compile one expression per state into a padded :class:`Program`.
 
@@ -344,7 +347,7 @@ def _fmt_const(c: float) -> str:
 
 
 def program_to_text(program: Program, state_names: Sequence[str],
-                    n_params: int | None = None) -> list[str]:
+                    n_params: numbers.Integral | None = None) -> list[str]:
     """The canonical text of each equation (fully parenthesised infix); parsing it
     again gives the same program. Host-side; works on one (unstacked) program."""
     names = _check_state_names(state_names)
@@ -447,7 +450,9 @@ def _run_one(ops, args, consts, table, stack_size: int):
     return stack[0]
 
 
-def evaluate_program(program: Program, table: Float[Array, "row node"]) -> Float[Array, "equation node"]:
+def evaluate_program(
+    program: Program, table: Float[Array, "row node"]
+) -> Float[Array, "equation node"]:
     """Evaluate every equation of `program` on the input table
     ``[states, lap_states, params]`` (rows, ``(row, node)``); JAX, jit/vmap/grad-able."""
     return jax.vmap(lambda o, a, c: _run_one(o, a, c, table, program.stack_size))(
@@ -458,8 +463,8 @@ def evaluate_program(program: Program, table: Float[Array, "row node"]) -> Float
 # ---------------------------------------------------------------------------------------
 # the compiled model
 # ---------------------------------------------------------------------------------------
-class BoundExpressionModel(eqx.Module):
-    """An :class:`ExpressionModel` on one geometry (``rates``/``vector_field``)."""
+class BoundExpressionModel(AbstractBoundModel):
+    """An :class:`ExpressionModel` on one geometry (no closures, no gates)."""
 
     program: Program
     params: Float[Array, " param"]
@@ -476,11 +481,15 @@ class BoundExpressionModel(eqx.Module):
         table = jnp.concatenate([y, lap, p], axis=0)
         return evaluate_program(self.program, table).astype(y.dtype)
 
-    def vector_field(self, t, y, stimulus=None):
-        dy = self.rates(t, y)
-        if stimulus is not None:
-            dy = dy.at[0].add(stimulus.current(t).astype(dy.dtype))
-        return dy
+    def closure_rates(self, t, y):
+        return None
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        return ()
+
+    def gate_inf_tau(self, y):
+        return None, None
 
 
 class ExpressionModel(AbstractCompiledModel):
@@ -518,10 +527,14 @@ class ExpressionModel(AbstractCompiledModel):
         return self.dt
 
     @property
-    def stable_dt(self) -> float:
-        """Free-form expressions have no measured stable step; the default step is
-        the one used (divergence, if any, is recorded by the solver)."""
-        return self.dt
+    def n_nodes(self) -> None:
+        return None
+
+    def stable_dt(self, geometry, solver: str = "rk4") -> float:
+        """Unknown (``inf``): free-form expressions have no measured stable step;
+        divergence, if any, is recorded by the solver."""
+        del geometry, solver
+        return math.inf
 
     @property
     def n_params(self) -> int:
@@ -541,7 +554,7 @@ class ExpressionModel(AbstractCompiledModel):
         f = jax.tree.map(lambda _: False, self)
         return eqx.tree_at(lambda m: m.params, f, True)
 
-    def perturb(self, key: PRNGKeyArray, scale: float) -> ExpressionModel:
+    def perturb(self, key: PRNGKeyArray, scale) -> ExpressionModel:
         """Restart noise on the used parameters (relative: ``p (1 + scale * N(0,1))``
         plus ``scale * 0.1 * N(0,1)`` so zeros move too)."""
         k1, k2 = jax.random.split(key)
@@ -568,15 +581,15 @@ def expression_model(
     expressions: Mapping[str, str] | Sequence[str],
     *,
     state_names: Sequence[str] = ("u", "v"),
-    params: Sequence[float] | None = None,
-    n_params: int | None = None,
-    max_params: int = 8,
-    max_len: int = 64,
-    stack_size: int = 16,
-    state_bounds: Sequence[tuple[float, float]] | None = None,
-    rest_state: Sequence[float] | None = None,
-    observe: tuple[float, float] = (-80.0, 100.0),
-    dt: float = 0.05,
+    params: Sequence[numbers.Real] | None = None,
+    n_params: numbers.Integral | None = None,
+    max_params: numbers.Integral = 8,
+    max_len: numbers.Integral = 64,
+    stack_size: numbers.Integral = 16,
+    state_bounds: Sequence[Sequence[numbers.Real]] | None = None,
+    rest_state: Sequence[numbers.Real] | None = None,
+    observe: Sequence[numbers.Real] = (-80.0, 100.0),
+    dt: numbers.Real = 0.05,
 ) -> ExpressionModel:
     """Build an :class:`ExpressionModel` from one expression per state.
 
@@ -658,8 +671,8 @@ _RANDOM_CONSTANTS = (0.1, 0.5, 1.0, 2.0, 3.0)
 def random_program(
     key: PRNGKeyArray,
     state_names: Sequence[str],
-    n_params: int,
-    max_depth: int = 3,
+    n_params: numbers.Integral,
+    max_depth: numbers.Integral = 3,
 ) -> dict[str, str]:
     """Random right-hand sides over `state_names`: the offline proposer of the
     unstructured-generation baseline (deterministic for `key`).

@@ -426,7 +426,8 @@ class LLMClient:
         them). Raises :class:`LLMBudgetExhausted` (nothing sent) once the budget is
         spent, :class:`LLMUnavailable` when the provider cannot be reached.
         """
-        if not (isinstance(response_model, type) and issubclass(response_model, pydantic.BaseModel)):
+        if not (isinstance(response_model, type)
+                and issubclass(response_model, pydantic.BaseModel)):
             raise TypeError("response_model must be a pydantic.BaseModel subclass")
         msgs = _check_messages(messages)
         if self.budget_exhausted:
