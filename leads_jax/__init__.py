@@ -33,6 +33,7 @@ from .physics.mcsharry import simulate_ecg as simulate_ecg
 from .physics.mcsharry import simulate_ecg_batch as simulate_ecg_batch
 from .physics.reactions import REACTIONS as REACTIONS
 from .physics.reactions import get_reaction as get_reaction
+from .recording import from_recording as from_recording
 from .stimulus import Stimulus as Stimulus
 from .structure import Catalog as Catalog
 from .structure import ClosureTerm as ClosureTerm

@@ -29,6 +29,7 @@ def test_neural_model_contract_on_mesh_and_single_cell():
         neural_ode_model(sheet, width=0, key=jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_neural_model_fits_and_loss_falls():
     geo = Geometry.cable(4)
     ds = make_dataset("aliev-panfilov", geo, t_train=10.0, pacing_sites=["left"])

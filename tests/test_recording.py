@@ -4,6 +4,9 @@ scores; the importer's formats and its errors."""
 
 import json
 import math
+import pathlib
+import re
+import runpy
 
 import jax
 import numpy as np
@@ -208,3 +211,16 @@ def test_cli_import(cell, tmp_path, capsys):
     rc = main(["import", str(tmp_path / "trace.csv"), "--pacing-times", "10",
                "--split-times", "900,950", "--out", str(out)])
     assert rc == 2 and "past the record's end" in capsys.readouterr().err
+
+
+def test_readme_recording_example_runs(tmp_path, monkeypatch, capsys):
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Your own recordings", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    script = tmp_path / "example.py"
+    script.write_text(block)
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "train None 310.0" in out and "val 310.0 460.0" in out
+    assert load_recording(tmp_path / "recording.nc").t_train == 310.0
