@@ -9,6 +9,11 @@ import argparse
 import json
 import sys
 
+import numpy as np
+
+from .intervals import measure_record
+from .records import read_record
+
 _LABEL = {"rr": "RR", "pr": "PR", "qrs": "QRS", "qt": "QT", "qtc_fridericia": "QTcF"}
 _COLUMNS = ("n_beats", "rr", "pr", "qrs", "qt", "qtc_bazett", "qtc_fridericia")
 
@@ -40,11 +45,6 @@ def _fmt(v) -> str:
 
 
 def run(args) -> int:
-    import numpy as np
-
-    from .intervals import measure_record
-    from .records import read_record
-
     try:
         ecg = read_record(args.path, leads=args.leads, start=args.start, stop=args.stop)
         ds = measure_record(ecg)

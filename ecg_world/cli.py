@@ -7,7 +7,7 @@ Subcommands:
 - ``ecg-world calibrate [--table CSV] [--out JSON] [--report DIR]``: calibrate the shared
   pharmacology against an SCR-002/ECGRDVQ table (see :mod:`ecg_world.calibration`);
 - ``ecg-world intervals PATH``: a WFDB record's intervals (implemented in
-  :mod:`ecg_world._cli_intervals`, imported lazily).
+  :mod:`ecg_world._cli_intervals`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import pathlib
 import sys
 
-from . import cohort
+from . import _cli_intervals, cohort
 from .calibrated import Calibration, default_calibration
 from .calibration import calibrate
 from .calibration_report import write_report
@@ -125,12 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_calibrate(sub)
     _add_world(sub)
-    try:
-        from . import _cli_intervals
-    except ImportError:
-        _cli_intervals = None
-    if _cli_intervals is not None:
-        _cli_intervals.add_parser(sub)
+    _cli_intervals.add_parser(sub)
     return parser
 
 
@@ -148,8 +143,6 @@ def main(argv: list[str] | None = None) -> int:
             return (commands.run_train if args.command == "train" else
                     commands.run_simulate)(args)
         if args.command == "intervals":
-            from . import _cli_intervals
-
             return int(_cli_intervals.run(args))
     except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"ecg-world {args.command}: error: {err}", file=sys.stderr)
