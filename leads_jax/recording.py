@@ -74,10 +74,10 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import SupportsFloat
 
 import equinox as eqx
 import jax
@@ -792,10 +792,10 @@ class ObservedModel(AbstractCompiledModel):
 def with_observation_gain(
     model: AbstractCompiledModel,
     *,
-    gain: Sequence[numbers.Real] = (0.5, 2.0),
-    offset: Sequence[numbers.Real] = (-40.0, 40.0),
-    init_gain: numbers.Real = 1.0,
-    init_offset: numbers.Real = 0.0,
+    gain: Sequence[SupportsFloat] = (0.5, 2.0),
+    offset: Sequence[SupportsFloat] = (-40.0, 40.0),
+    init_gain: SupportsFloat = 1.0,
+    init_offset: SupportsFloat = 0.0,
 ) -> ObservedModel:
     """Wrap `model` so that its observation gets a fitted affine map to the recording.
 

@@ -245,6 +245,11 @@ def test_model_api_and_validation():
     assert float(p.params[0]) != 2.0 and np.allclose(np.asarray(p.params[1:]), 0.5)
     flt = m.trainable_filter()
     assert flt.params is True and flt.obs_gain is False
+    # numpy and JAX scalars are accepted where numbers are expected
+    m2 = expression_model(["p0*u - v", "u"], params=[np.float32(2.0)], max_params=np.int64(8),
+                          dt=jnp.asarray(0.05), state_bounds=[(-1, 2), (np.float64(-1), 5)])
+    assert m2.default_dt == pytest.approx(0.05) and m2.n_params == 1
+    assert random_program(jax.random.PRNGKey(0), STATES, np.int32(2), jnp.asarray(2))
     with pytest.raises(ExpressionError, match="missing"):
         expression_model({"u": "u"})
     with pytest.raises(ValueError, match="state name"):

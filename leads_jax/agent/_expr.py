@@ -45,9 +45,9 @@ from __future__ import annotations
 
 import ast
 import math
-import numbers
 import re
 from collections.abc import Mapping, Sequence
+from typing import SupportsFloat, SupportsIndex
 
 import equinox as eqx
 import jax
@@ -138,7 +138,7 @@ def _check_state_names(state_names: Sequence[str]) -> tuple[str, ...]:
 
 
 def parse_expression(text: str, state_names: Sequence[str],
-                     n_params: numbers.Integral) -> ast.expr:
+                     n_params: SupportsIndex) -> ast.expr:
     """Parse and check one right-hand side; returns the checked :mod:`ast` tree.
 
     Raises :class:`ExpressionError` for anything outside the grammar (module docstring).
@@ -292,11 +292,11 @@ def _stack_depth(code) -> int:
 def compile_program(
     expressions: Sequence[str],
     state_names: Sequence[str],
-    n_params: numbers.Integral,
+    n_params: SupportsIndex,
     *,
-    max_params: numbers.Integral | None = None,
-    max_len: numbers.Integral = 64,
-    stack_size: numbers.Integral = 16,
+    max_params: SupportsIndex | None = None,
+    max_len: SupportsIndex = 64,
+    stack_size: SupportsIndex = 16,
 ) -> Program:
     """Compile one expression per state into a padded :class:`Program`.
 
@@ -312,6 +312,7 @@ def compile_program(
     names = _check_state_names(state_names)
     n_params = int(n_params)
     max_params = n_params if max_params is None else int(max_params)
+    max_len, stack_size = int(max_len), int(stack_size)
     if not 0 <= n_params <= max_params:
         raise ValueError(f"need 0 <= n_params ({n_params}) <= max_params ({max_params})")
     if isinstance(expressions, str) or len(expressions) != len(names):
@@ -347,7 +348,7 @@ def _fmt_const(c: float) -> str:
 
 
 def program_to_text(program: Program, state_names: Sequence[str],
-                    n_params: numbers.Integral | None = None) -> list[str]:
+                    n_params: SupportsIndex | None = None) -> list[str]:
     """The canonical text of each equation (fully parenthesised infix); parsing it
     again gives the same program. Host-side; works on one (unstacked) program."""
     names = _check_state_names(state_names)
@@ -581,15 +582,15 @@ def expression_model(
     expressions: Mapping[str, str] | Sequence[str],
     *,
     state_names: Sequence[str] = ("u", "v"),
-    params: Sequence[numbers.Real] | None = None,
-    n_params: numbers.Integral | None = None,
-    max_params: numbers.Integral = 8,
-    max_len: numbers.Integral = 64,
-    stack_size: numbers.Integral = 16,
-    state_bounds: Sequence[Sequence[numbers.Real]] | None = None,
-    rest_state: Sequence[numbers.Real] | None = None,
-    observe: Sequence[numbers.Real] = (-80.0, 100.0),
-    dt: numbers.Real = 0.05,
+    params: Sequence[SupportsFloat] | np.ndarray | jax.Array | None = None,
+    n_params: SupportsIndex | None = None,
+    max_params: SupportsIndex = 8,
+    max_len: SupportsIndex = 64,
+    stack_size: SupportsIndex = 16,
+    state_bounds: Sequence[Sequence[SupportsFloat]] | np.ndarray | None = None,
+    rest_state: Sequence[SupportsFloat] | np.ndarray | jax.Array | None = None,
+    observe: Sequence[SupportsFloat] = (-80.0, 100.0),
+    dt: SupportsFloat = 0.05,
 ) -> ExpressionModel:
     """Build an :class:`ExpressionModel` from one expression per state.
 
@@ -607,6 +608,7 @@ def expression_model(
     - `dt`: default step (ms).
     """
     names = _check_state_names(state_names)
+    max_params, dt = int(max_params), float(dt)
     if isinstance(expressions, Mapping):
         unknown = sorted(set(expressions) - set(names))
         missing = [n for n in names if n not in expressions]
@@ -671,8 +673,8 @@ _RANDOM_CONSTANTS = (0.1, 0.5, 1.0, 2.0, 3.0)
 def random_program(
     key: PRNGKeyArray,
     state_names: Sequence[str],
-    n_params: numbers.Integral,
-    max_depth: numbers.Integral = 3,
+    n_params: SupportsIndex,
+    max_depth: SupportsIndex = 3,
 ) -> dict[str, str]:
     """Random right-hand sides over `state_names`: the offline proposer of the
     unstructured-generation baseline (deterministic for `key`).
@@ -689,7 +691,8 @@ def random_program(
     **Returns:** ``{state: expression}``, each accepted by :func:`parse_expression`.
     """
     names = _check_state_names(state_names)
-    if int(max_depth) < 1:
+    n_params, max_depth = int(n_params), int(max_depth)
+    if max_depth < 1:
         raise ValueError(f"max_depth must be >= 1; got {max_depth}")
     seed = np.asarray(jax.random.key_data(key)).ravel().astype(np.uint32)
     rng = np.random.default_rng(seed.tolist())

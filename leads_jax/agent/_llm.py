@@ -43,14 +43,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import numbers
 import os
 import re
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, SupportsFloat, SupportsIndex
 
 import pydantic
 
@@ -248,16 +247,16 @@ class LLMClient:
         model: str,
         *,
         api_base: str | None = None,
-        timeout_s: numbers.Real = 30,
-        max_retries: numbers.Integral = 3,
-        max_invalid: numbers.Integral = 3,
-        max_cost: numbers.Real | None = None,
-        max_tokens: numbers.Integral | None = None,
-        temperature: numbers.Real = 0.0,
+        timeout_s: SupportsFloat = 30,
+        max_retries: SupportsIndex = 3,
+        max_invalid: SupportsIndex = 3,
+        max_cost: SupportsFloat | None = None,
+        max_tokens: SupportsIndex | None = None,
+        temperature: SupportsFloat = 0.0,
         structured: bool | None = None,
-        cost_per_token: tuple[numbers.Real, numbers.Real] | None = None,
-        backoff_s: numbers.Real = 1.0,
-        max_backoff_s: numbers.Real = 30.0,
+        cost_per_token: tuple[SupportsFloat, SupportsFloat] | None = None,
+        backoff_s: SupportsFloat = 1.0,
+        max_backoff_s: SupportsFloat = 30.0,
         sleep: Callable[[float], Any] = time.sleep,
         mock_response: str | None = None,
     ):

@@ -23,8 +23,8 @@ divergence, recorded by the solver.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
+from typing import SupportsFloat, SupportsIndex
 
 import equinox as eqx
 import jax
@@ -172,16 +172,16 @@ class NeuralODEModel(AbstractCompiledModel):
 
 def neural_ode_model(
     geometry,
-    n_states: numbers.Integral = 2,
-    width: numbers.Integral = 16,
+    n_states: SupportsIndex = 2,
+    width: SupportsIndex = 16,
     *,
     key: PRNGKeyArray,
-    depth: numbers.Integral = 2,
-    conductivity: numbers.Real | None = None,
-    rate_scale: numbers.Real = 0.1,
-    state_bounds: Sequence[numbers.Real] = (-3.0, 3.0),
-    observe: Sequence[numbers.Real] = (-80.0, 100.0),
-    dt: numbers.Real = 0.05,
+    depth: SupportsIndex = 2,
+    conductivity: SupportsFloat | None = None,
+    rate_scale: SupportsFloat = 0.1,
+    state_bounds: Sequence[SupportsFloat] = (-3.0, 3.0),
+    observe: Sequence[SupportsFloat] = (-80.0, 100.0),
+    dt: SupportsFloat = 0.05,
 ) -> NeuralODEModel:
     """A purely neural model on `geometry` (module docstring).
 
