@@ -33,7 +33,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -47,6 +46,7 @@ __all__ = [
     "shard_members",
     "stack_members",
     "stack_models",
+    "to_device",
     "unstack_member",
 ]
 
@@ -80,6 +80,12 @@ def _host(x):
     return np.asarray(x)
 
 
+def to_device(x, dtype=None):
+    """A host array on the default device with ``jax.device_put`` (``jnp.asarray`` of a
+    NumPy array compiles a small conversion program per shape and dtype)."""
+    return jax.device_put(np.asarray(x, dtype))
+
+
 def stack_members(models: Sequence[Any]):
     """Stack a list of pytrees with identical structure on a new leading axis (host-side).
 
@@ -105,7 +111,7 @@ def stack_members(models: Sequence[Any]):
         if shapes != shapes0:
             raise ValueError(f"member {i} has leaf shapes {shapes} != member 0's {shapes0}")
         dyns.append(dyn)
-    stacked = jax.tree.map(lambda *xs: jnp.asarray(np.stack([_host(x) for x in xs])), *dyns)
+    stacked = jax.tree.map(lambda *xs: to_device(np.stack([_host(x) for x in xs])), *dyns)
     return eqx.combine(stacked, static0)
 
 
@@ -121,7 +127,7 @@ def pad_members(stacked, n: int, size: int):
             return x
         h = _host(x)
         extra = np.broadcast_to(h[:1], (size - n,) + h.shape[1:])
-        return jnp.asarray(np.concatenate([h, extra], axis=0))
+        return to_device(np.concatenate([h, extra], axis=0))
 
     return jax.tree.map(pad, stacked)
 
@@ -138,12 +144,12 @@ def stack_models(models: Sequence[Any], size: int | None = None):
         raise ValueError("stack_models needs at least one model")
     size = bucket_size(len(models)) if size is None else int(size)
     stacked = pad_members(stack_members(models), len(models), size)
-    return stacked, jnp.asarray(np.arange(size) < len(models))
+    return stacked, to_device(np.arange(size) < len(models))
 
 
 def unstack_member(stacked, i: int):
     """Member `i` of a stacked pytree (array leaves indexed on axis 0, host-side)."""
-    return jax.tree.map(lambda x: jnp.asarray(_host(x)[i]) if eqx.is_array(x) else x, stacked)
+    return jax.tree.map(lambda x: to_device(_host(x)[i]) if eqx.is_array(x) else x, stacked)
 
 
 def candidate_mesh(devices=None) -> Mesh:

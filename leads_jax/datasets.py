@@ -67,11 +67,23 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from .compile import (
+    compile_structure,
+    diffusion_stable_dt,
+    parameter_specs_of,
+    physical_parameters,
+    replace_parameters,
+)
 from .geometry import Geometry
+from .measure import activation_times
+from .physics.reactions import get_reaction
+from .simulate import simulate
 from .stimulus import _FAR, Stimulus, describe_protocol, site_label
+from .structure import Structure
 
 __all__ = [
     "DataSplit",
@@ -180,16 +192,12 @@ def default_conductivity(geometry: Geometry) -> float:
 
 
 def _resolve_structure(model):
-    from .structure import Structure
-
     if isinstance(model, Structure):
         return model
     if isinstance(model, str):
         text = model.strip()
         if text.startswith("{"):
             return Structure.from_json(text)
-        from .physics.reactions import get_reaction
-
         try:
             cls = get_reaction(text)
         except KeyError as err:
@@ -286,8 +294,6 @@ def make_dataset(
     Raises ``ValueError`` for unknown models, geometries, sites or protocols, and when a
     ground-truth simulation diverges (with the sample, the reason and the time).
     """
-    from .compile import compile_structure, physical_parameters, replace_parameters
-    from .simulate import diffusion_stable_dt, simulate
 
     structure = _resolve_structure(model)
     geo = make_geometry(geometry, **dict(geometry_kwargs or {}))
@@ -339,9 +345,6 @@ def make_dataset(
     n_t = int(round(t_end / save_every)) + 1
     ts = np.linspace(0.0, (n_t - 1) * save_every, n_t)
 
-    import equinox as eqx
-    import jax.numpy as jnp
-
     flat = [(si, pi, st) for si in range(len(pacing_sites)) for pi, st in enumerate(stims[si])]
     n_pulse = max([st.n_pulses for _, _, st in flat] + [1])
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *[st.padded(n_pulse) for _, _, st in flat])
@@ -360,8 +363,6 @@ def make_dataset(
             "lower dt or change the parameters"
         )
     obs = list(np.asarray(tr.observed, dtype=np.float32))
-    from .measure import activation_times
-
     activated = np.isfinite(activation_times(np.stack(obs), ts).values).mean(axis=-1)
     for i, frac in enumerate(activated):
         if frac < 0.5:
@@ -499,8 +500,6 @@ def _uniform_or_list(v):
 
 
 def _parameter_units(hm) -> dict[str, str]:
-    from .compile import parameter_specs_of
-
     return {n: s.units for n, s in parameter_specs_of(hm).items()}
 
 
@@ -653,8 +652,6 @@ def stacked_stimuli(ds: xr.Dataset, geometry: Geometry | None = None) -> Stimulu
     """Every sample's :class:`Stimulus`, padded to one pulse count and stacked along a
     leading ``sample`` axis (for ``vmap`` over samples, e.g. with
     ``eqx.filter_vmap(lambda st: simulate(model, geo, st, ts))(stacked)``)."""
-    import jax.numpy as jnp
-
     geo = geometry_from_dataset(ds) if geometry is None else geometry
     stims = [stimulus_from_dataset(ds, i, geo) for i in range(ds.sizes["sample"])]
     n = max([s.n_pulses for s in stims] + [1])
@@ -873,15 +870,13 @@ class FitData:
     def split_arrays(self, name: str):
         """``(stimuli, targets [sample time node], ts [time], weights [time])`` of one
         split as host/device arrays (no XLA computation), or ``None`` when absent."""
-        import jax.numpy as jnp
-
         sp = self.splits.get(name)
         if sp is None:
             return None
         idx = np.asarray(sp.samples)
         keep = self.time <= sp.t_end + 1e-9
         w = self._scored(self.time, sp)[keep].astype(np.float32)
-        stim = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[idx]), self.stimuli)
+        stim = jax.tree.map(lambda x: jax.device_put(np.asarray(x)[idx]), self.stimuli)
         targets = self.observed[idx][:, keep]
         return stim, targets, self.time[keep].astype(np.float32), w
 
@@ -1002,8 +997,6 @@ def _stacked_stimuli_np(ds: xr.Dataset, geometry: Geometry) -> Stimulus:
     """:func:`stacked_stimuli` built on the host (no XLA computation): each sample's
     stimulus is checked by :meth:`Stimulus.custom`, then padded like
     :meth:`Stimulus.padded` and stacked with NumPy."""
-    import jax.numpy as jnp
-
     stims = [stimulus_from_dataset(ds, i, geometry) for i in range(ds.sizes["sample"])]
     n = max([s.n_pulses for s in stims] + [1])
     onsets = []
@@ -1013,10 +1006,10 @@ def _stacked_stimuli_np(ds: xr.Dataset, geometry: Geometry) -> Stimulus:
                  * np.arange(n - on.size, dtype=np.float32))
         onsets.append(np.concatenate([on, extra.astype(np.float32)]))
     stacked = (
-        jnp.asarray(np.stack([np.asarray(s.sites) for s in stims])),
-        jnp.asarray(np.stack([np.asarray(s.amplitude) for s in stims])),
-        jnp.asarray(np.stack([np.asarray(s.duration) for s in stims])),
-        jnp.asarray(np.stack(onsets)),
+        jax.device_put(np.stack([np.asarray(s.sites) for s in stims])),
+        jax.device_put(np.stack([np.asarray(s.amplitude) for s in stims])),
+        jax.device_put(np.stack([np.asarray(s.duration) for s in stims])),
+        jax.device_put(np.stack(onsets)),
     )
     # tree_at, not the constructor: the fields carry a leading sample axis here
     return eqx.tree_at(lambda s: (s.sites, s.amplitude, s.duration, s.onsets), stims[0], stacked)

@@ -30,6 +30,7 @@ Definitions (per node, per beat; all crossings linearly interpolated in time):
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ import xarray as xr
 __all__ = [
     "activation_times",
     "upstroke_times",
-    "action_potential_duration",
+    "apd_from_activation",
     "apd90",
     "conduction_velocity",
     "phase_labels",
@@ -200,7 +201,7 @@ def activation_times(
     return res
 
 
-def action_potential_duration(
+def apd_from_activation(
     v,
     ts=None,
     *,
@@ -211,8 +212,12 @@ def action_potential_duration(
     min_amplitude: float = 10.0,
 ) -> xr.DataArray:
     """APD at ``repolarisation`` (0.9 -> APD90) per beat and node, dims ``(..., beat, node)``
-    in ms: from each activation to the next downward crossing of
-    ``v_rest + (1 - repolarisation) * A``. NaN when the beat has not repolarised."""
+    in ms: from each ACTIVATION (the upward `activation_level` crossing, 50% of the
+    amplitude by default) to the next downward crossing of
+    ``v_rest + (1 - repolarisation) * A``. NaN when the beat has not repolarised.
+
+    Not :func:`leads_jax.physics.reactions.level_crossing_apd` (first beat of one trace,
+    measured between two crossings of the same level)."""
     if not (0 < repolarisation < 1):
         raise ValueError(f"repolarisation must lie in (0, 1); got {repolarisation}")
     x, t, lead, coords = _as_tn(v, ts)
@@ -260,8 +265,8 @@ def action_potential_duration(
 
 
 def apd90(v, ts=None, **kw) -> xr.DataArray:
-    """APD at 90% repolarisation; see :func:`action_potential_duration`."""
-    return action_potential_duration(v, ts, repolarisation=0.9, **kw)
+    """APD at 90% repolarisation from activation; see :func:`apd_from_activation`."""
+    return apd_from_activation(v, ts, repolarisation=0.9, **kw)
 
 
 # ----------------------------------------------------------------------------------
@@ -350,8 +355,6 @@ def conduction_velocity(act, geometry, *, exclude_nodes=None) -> xr.Dataset:
 
 class _quiet:
     def __enter__(self):
-        import warnings
-
         self._w = warnings.catch_warnings()
         self._w.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -6,9 +6,9 @@ import xarray as xr
 
 from leads_jax.geometry import cable, sheet
 from leads_jax.measure import (
-    action_potential_duration,
     activation_times,
     apd90,
+    apd_from_activation,
     conduction_velocity,
     error_breakdown,
     phase_labels,
@@ -78,7 +78,7 @@ def test_apd90_of_synthetic_action_potentials(shape):
     else:  # exp(-s/tau) = 0.1  ->  s = tau ln 10
         exp = [200 + 100 * np.log(10) - 11.0, 650 + 80 * np.log(10) - 501.0]
     np.testing.assert_allclose(apd.values[0, :, 0], exp, atol=0.05)
-    apd50 = action_potential_duration(v[:, None], t, repolarisation=0.5)
+    apd50 = apd_from_activation(v[:, None], t, repolarisation=0.5)
     if shape == "linear":
         np.testing.assert_allclose(
             apd50.values[:, 0], [200 + 50 - 11.0, 650 + 40 - 501.0], atol=0.05

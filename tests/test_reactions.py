@@ -28,10 +28,10 @@ from leads_jax.physics.reactions import (
     AbstractReactionModel,
     FitzHughNagumo,
     MitchellSchaeffer,
-    action_potential_duration,
     catalog_metadata,
     from_unconstrained,
     get_reaction,
+    level_crossing_apd,
     pace,
     to_unconstrained,
 )
@@ -183,7 +183,7 @@ def test_paced_beat_has_upstroke_plateau_and_returns_to_rest(name, beats):
     # plateau / repolarisation: above half amplitude for >= 100 ms, APD90 200-400 ms
     above = ts[v > v_rest + 0.5 * amplitude]
     assert above[-1] - above[0] > 100.0
-    assert 200.0 < action_potential_duration(ts, v) < 400.0
+    assert 200.0 < level_crossing_apd(ts, v) < 400.0
     # return to rest, with every state back inside its bounds
     assert abs(v[-1] - v_rest) < 2.0
     for k, (a, b) in enumerate(cls.state_bounds):
@@ -279,8 +279,8 @@ def test_beat_matches_independent_sharp_switch_implementation(name, beats):
     cls = REACTIONS[name]
     ts, _, v_m = beats[name]
     v = _sharp_beat(name, *cls.default_stimulus, ts)
-    apd_ref = action_potential_duration(ts, v)
-    assert action_potential_duration(ts, v_m) == pytest.approx(apd_ref, rel=0.01)
+    apd_ref = level_crossing_apd(ts, v)
+    assert level_crossing_apd(ts, v_m) == pytest.approx(apd_ref, rel=0.01)
     assert abs(v_m.max() - v.max()) < 1.0
     assert np.sqrt(np.mean((v_m - v) ** 2)) < 2.0  # mV over the whole beat
     assert cls.v_rest == _SHARP[name][2] and cls.v_scale == _SHARP[name][3]
@@ -366,7 +366,7 @@ def test_stable_dt_is_stable_and_converged(name, beats):
     m = cls.default()
     ts, ys, v = beats[name]  # at stable_dt
     assert np.all(np.isfinite(ys))
-    apd = action_potential_duration(ts, v)
+    apd = level_crossing_apd(ts, v)
     apd_ref, peak_ref = beat_summary(m, cls.stable_dt / 10, save_dt=ts[1] - ts[0])
     assert apd == pytest.approx(apd_ref, rel=0.01)
     assert abs(v.max() - peak_ref) <= 1.0  # on the same samples

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..batching import replicate, shard_members
+from ..batching import replicate, shard_members, to_device
 from ..codes import ResultCode
 from ._config import FitConfig
 
@@ -69,10 +69,11 @@ class SplitData(eqx.Module):
 
     def __init__(self, inputs, targets, ts, weights=None):
         self.inputs = inputs
-        self.targets = jnp.asarray(targets)
-        self.ts = jnp.asarray(ts)
-        self.weights = (jnp.ones(self.ts.shape, self.targets.dtype) if weights is None
-                        else jnp.asarray(weights, self.targets.dtype))
+        self.targets = targets if isinstance(targets, jax.Array) else to_device(targets)
+        self.ts = ts if isinstance(ts, jax.Array) else to_device(ts)
+        w = np.ones(self.ts.shape) if weights is None else weights
+        self.weights = (w if isinstance(w, jax.Array) and w.dtype == self.targets.dtype
+                        else to_device(w, self.targets.dtype))
 
     @property
     def n_samples(self) -> int:
@@ -83,7 +84,7 @@ class SplitData(eqx.Module):
         ts = np.asarray(self.ts)
         cut = ts[0] + fraction * (ts[-1] - ts[0])
         w = (ts <= cut + 1e-6 * abs(ts[-1] - ts[0])).astype(np.float32)
-        return SplitData(self.inputs, self.targets, self.ts, w)
+        return SplitData(self.inputs, self.targets, self.ts, w * np.asarray(self.weights))
 
 
 class MemberStatus(eqx.Module):
@@ -101,14 +102,14 @@ class MemberStatus(eqx.Module):
     @staticmethod
     def init(n: int) -> "MemberStatus":
         return MemberStatus(
-            alive=jnp.ones(n, bool),
-            stopped=jnp.zeros(n, bool),
-            reason=jnp.zeros(n, jnp.int32),
-            t_diverged=jnp.full(n, jnp.inf, jnp.float32),
-            steps=jnp.zeros(n, jnp.int32),
-            best_loss=jnp.full(n, jnp.inf, jnp.float32),
-            best_step=jnp.zeros(n, jnp.int32),
-            bad_evals=jnp.zeros(n, jnp.int32),
+            alive=to_device(np.ones(n, bool)),
+            stopped=to_device(np.zeros(n, bool)),
+            reason=to_device(np.zeros(n, np.int32)),
+            t_diverged=to_device(np.full(n, np.inf, np.float32)),
+            steps=to_device(np.zeros(n, np.int32)),
+            best_loss=to_device(np.full(n, np.inf, np.float32)),
+            best_step=to_device(np.zeros(n, np.int32)),
+            bad_evals=to_device(np.zeros(n, np.int32)),
         )
 
 
@@ -154,7 +155,7 @@ def _init_fn(tx, batched):
 
 def _loss_args(config: FitConfig):
     """``(loss_scale, aphynity_weight)`` as traced data."""
-    return jnp.asarray([config.loss_scale, config.aphynity_weight], jnp.float32)
+    return to_device([config.loss_scale, config.aphynity_weight], np.float32)
 
 
 def _strong(tree):
@@ -342,7 +343,7 @@ def train_members(
     t_start = time.perf_counter()
     params, rest = _strong((params, rest))
     tx = _engine_optimizer(config)
-    lr = jnp.asarray(config.learning_rate, jnp.float32)
+    lr = to_device(config.learning_rate, np.float32)
     loss_args = _loss_args(config)
     opt_state = _strong(_init_fn(tx, batched)(params, lr))
     if batched:
@@ -362,15 +363,15 @@ def train_members(
         vloss = evaluate(params, rest, context, monitor, loss_args)[0]
         if batched:
             best_params, status = _track_best(params, best_params, status, vloss,
-                                              jnp.asarray(step, jnp.int32),
-                                              jnp.asarray(config.min_delta, jnp.float32),
-                                              jnp.asarray(patience, jnp.int32))
+                                              to_device(step, np.int32),
+                                              to_device(config.min_delta, np.float32),
+                                              to_device(patience, np.int32))
         else:
             expand = lambda t: jax.tree.map(lambda x: x[None], t)  # noqa: E731
             b, s = _track_best(expand(params), expand(best_params), expand(status), vloss[None],
-                               jnp.asarray(step, jnp.int32),
-                               jnp.asarray(config.min_delta, jnp.float32),
-                               jnp.asarray(patience, jnp.int32))
+                               to_device(step, np.int32),
+                               to_device(config.min_delta, np.float32),
+                               to_device(patience, np.int32))
             best_params, status = jax.tree.map(lambda x: x[0], (b, s))
         val_losses.append(np.asarray(vloss))
         val_steps.append(step)
@@ -387,7 +388,7 @@ def train_members(
         while done < n_stage:
             n_steps = min(config.eval_every, n_stage - done)
             params, opt_state, status, losses = run(params, opt_state, status, rest, context,
-                                                    sub, jnp.asarray(n_steps, jnp.int32),
+                                                    sub, to_device(n_steps, np.int32),
                                                     loss_args)
             curves.append(np.asarray(losses)[:n_steps])
             done += n_steps
@@ -400,7 +401,7 @@ def train_members(
     while steps_done < config.steps:
         n_steps = min(config.eval_every, config.steps - steps_done)
         params, opt_state, status, losses = run(params, opt_state, status, rest, context, train,
-                                                jnp.asarray(n_steps, jnp.int32), loss_args)
+                                                to_device(n_steps, np.int32), loss_args)
         curves.append(np.asarray(losses)[:n_steps])
         steps_done += n_steps
         step += n_steps

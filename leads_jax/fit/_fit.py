@@ -46,7 +46,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import diffrax
 import equinox as eqx
@@ -61,6 +61,7 @@ from ..batching import (
     group_key,
     pad_members,
     stack_members,
+    to_device,
     unstack_member,
 )
 from ..codes import ResultCode
@@ -205,10 +206,7 @@ def _as_candidates(candidates) -> tuple[Candidate, ...]:
     if isinstance(candidates, (str, bytes, dict, Structure, AbstractCompiledModel)):
         candidates = [candidates]
     elif not isinstance(candidates, Sequence):
-        if hasattr(candidates, "__iter__"):
-            candidates = list(candidates)
-        else:
-            candidates = [candidates]
+        candidates = list(candidates) if isinstance(candidates, Iterable) else [candidates]
     if len(candidates) == 0:
         raise ValueError("fit: the candidate list is empty; give at least one Structure")
     out = []
@@ -299,7 +297,8 @@ def _split(data: FitData, name: str) -> SplitData | None:
     if arrays is None:
         return None
     stim, targets, ts, weights = arrays
-    return SplitData(stim, jnp.asarray(targets), jnp.asarray(ts), jnp.asarray(weights))
+    return SplitData(stim, to_device(targets, np.float32), to_device(ts, np.float32),
+                     to_device(weights, np.float32))
 
 
 def _group_of(c: Candidate) -> tuple[tuple, str]:
@@ -385,8 +384,8 @@ def fit_group(plan: FitPlan, group: FitGroup, *, key,
     pad = size - n
     stacked = pad_members(stack_members(members), n, size)
     stacked = _perturb_members(stacked, key,
-                               jnp.asarray(np.asarray(codes + [codes[0]] * pad, np.uint32)),
-                               jnp.asarray(np.asarray(scales + [0.0] * pad, np.float32)))
+                               to_device(codes + [codes[0]] * pad, np.uint32),
+                               to_device(scales + [0.0] * pad, np.float32))
     params, rest = eqx.partition(stacked, members[0].trainable_filter())
     group_dt = plan.dt if plan.dt is not None else members[0].default_dt
 

@@ -30,7 +30,7 @@ FORMAT = "leads-jax-candidate/1"
 def _structure_json(structure) -> str:
     if structure is None:
         return "null"
-    if hasattr(structure, "to_json"):
+    if isinstance(structure, Structure):
         return structure.to_json()
     if isinstance(structure, str):
         json.loads(structure)  # must be JSON

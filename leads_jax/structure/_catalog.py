@@ -6,6 +6,7 @@ import dataclasses
 
 from ..physics.closures import closure_metadata
 from ..physics.diffusion import DIFFUSION_KINDS, diffusion_metadata
+from ..physics.reactions import REACTIONS
 from ._structure import PARAMETER_MODES, ClosureTerm, Structure, StructureError
 from ._validate import CLOSURE_KIND_NAMES, reaction_class
 
@@ -33,8 +34,6 @@ class Catalog:
 
     @classmethod
     def default(cls) -> Catalog:
-        from ..physics.reactions import REACTIONS
-
         return cls(tuple(REACTIONS))
 
     def _resolve(self, name: str) -> tuple[str, str]:

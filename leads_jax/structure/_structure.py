@@ -17,7 +17,8 @@ import dataclasses
 import functools
 import json
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, SupportsFloat
 
 PARAMETER_MODES = ("fixed", "free", "per-region", "per-node")
 """How a physical parameter is treated: fixed at its value, one trainable value, one
@@ -82,7 +83,7 @@ class ParameterChoice:
 
     name: str
     mode: str = "free"
-    value: float | None = None
+    value: SupportsFloat | None = None
 
     def __post_init__(self):
         _coerce_fields(self, ("value",))
@@ -98,7 +99,7 @@ class DiffusionTerm:
 
     kind: str = "laplacian"
     hidden: tuple[int, ...] | None = None
-    max_gain: float | None = None
+    max_gain: SupportsFloat | None = None
 
     def __post_init__(self):
         _coerce_fields(self, ("max_gain",))
@@ -125,9 +126,9 @@ class ClosureTerm:
     kind: str = "additive"
     hidden: tuple[int, ...] | None = None
     neighbours: bool = False
-    max_rate: float | None = None
-    tau_min: float | None = None
-    tau_max: float | None = None
+    max_rate: SupportsFloat | None = None
+    tau_min: SupportsFloat | None = None
+    tau_max: SupportsFloat | None = None
 
     def __post_init__(self):
         _coerce_fields(self, ("max_rate", "tau_min", "tau_max"))
@@ -232,7 +233,7 @@ class Structure:
         free: tuple[str, ...] = (),
         per_region: tuple[str, ...] = (),
         per_node: tuple[str, ...] = (),
-        values: dict[str, float] | None = None,
+        values: Mapping[str, SupportsFloat] | None = None,
         closures: tuple[ClosureTerm, ...] = (),
     ) -> Structure:
         """Convenience constructor: ``Structure.make("aliev-panfilov", free=("a", "D"))``."""
@@ -246,7 +247,8 @@ class Structure:
         diff = DiffusionTerm(diffusion) if isinstance(diffusion, str) else diffusion
         return cls(reaction, diff, tuple(closures), tuple(choices))
 
-    def with_parameter(self, name: str, mode: str, value: float | None = None) -> Structure:
+    def with_parameter(self, name: str, mode: str,
+                       value: SupportsFloat | None = None) -> Structure:
         """The structure with parameter `name` set to `mode` (keeps its value if None)."""
         old = {p.name: p for p in self.parameters}
         if value is None and name in old:

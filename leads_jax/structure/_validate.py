@@ -39,6 +39,7 @@ from ..physics.closures import (
     MIN_GATE_TAU,
 )
 from ..physics.diffusion import CONDUCTIVITY_SPEC, DIFFUSION_KINDS, MAX_NEURAL_GAIN
+from ..physics.reactions import get_reaction
 from ._structure import (
     CLOSURE_DEFAULT_HIDDEN,
     CLOSURE_DEFAULT_MAX_RATE,
@@ -59,8 +60,6 @@ CLOSURE_KIND_NAMES = ("additive", "gate")
 
 def reaction_class(name: str):
     """The reaction class for `name` (aliases accepted); unknown -> ``StructureError``."""
-    from ..physics.reactions import get_reaction
-
     if not isinstance(name, str):
         raise StructureError("known-reaction", f"reaction must be a name, got {name!r}")
     try:

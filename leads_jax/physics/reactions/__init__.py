@@ -26,7 +26,7 @@ from ._base import (
 from ._base import (
     to_unconstrained as to_unconstrained,
 )
-from ._single_cell import action_potential_duration as action_potential_duration
+from ._single_cell import level_crossing_apd as level_crossing_apd
 from ._single_cell import pace as pace
 from .aliev_panfilov import AlievPanfilov as AlievPanfilov
 from .bueno_orovio import BuenoOrovio as BuenoOrovio
@@ -101,7 +101,7 @@ __all__ = [
     "FitzHughNagumo",
     "MitchellSchaeffer",
     "ParamSpec",
-    "action_potential_duration",
+    "level_crossing_apd",
     "catalog_metadata",
     "from_unconstrained",
     "get_reaction",

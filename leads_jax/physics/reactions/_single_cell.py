@@ -97,11 +97,15 @@ def pace(
     return ts, np.asarray(ys)
 
 
-def action_potential_duration(ts, v, repolarisation: float = 0.9) -> float:
-    """APD of the first action potential of a trace (NumPy, linear interpolation).
+def level_crossing_apd(ts, v, repolarisation: float = 0.9) -> float:
+    """APD of the FIRST action potential of ONE trace, between the upward and the
+    downward crossing of the SAME level ``v_rest + (1 - repolarisation) * (v_peak -
+    v_rest)``, with ``v_rest = v[0]`` (NumPy, linear interpolation): the single-cell
+    definition the catalog's measured stability and restitution use.
 
-    Measured between the upward and the downward crossing of the level
-    ``v_rest + (1 - repolarisation) * (v_peak - v_rest)``, with ``v_rest = v[0]``.
+    Not :func:`leads_jax.measure.apd_from_activation`, which starts each beat at its
+    activation (the 50%-amplitude upstroke) and works per beat and node of recordings;
+    for a fast upstroke the two differ by the upstroke's rise time between the levels.
     Returns NaN when the trace does not cross the level down again.
     """
     ts, v = np.asarray(ts, float), np.asarray(v, float)

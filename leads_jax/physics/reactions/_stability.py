@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._single_cell import action_potential_duration, pace
+from ._single_cell import level_crossing_apd, pace
 
 T_END = 600.0
 U_KICK = 0.4
@@ -46,7 +46,7 @@ def _kicked_beat(model, dt: float, scheme: str):
 
 
 def _apd(model, ts, ys):
-    return action_potential_duration(ts, np.asarray(model.observe(jnp.asarray(ys.T))))
+    return level_crossing_apd(ts, np.asarray(model.observe(jnp.asarray(ys.T))))
 
 
 def is_usable(model, dt: float, scheme: str, apd_ref: float) -> bool:
@@ -88,7 +88,7 @@ def beat_summary(model, dt: float, scheme: str = "rk4", save_dt: float | None = 
     save_dt = dt * max(1, round(0.1 / dt)) if save_dt is None else save_dt
     ts, ys = pace(model, t_end=T_END, dt=dt, scheme=scheme, save_dt=save_dt)
     v = np.asarray(model.observe(jnp.asarray(ys.T)))
-    return action_potential_duration(ts, v), float(v.max())
+    return level_crossing_apd(ts, v), float(v.max())
 
 
 def converged(model, dt: float, scheme: str = "rk4") -> bool:

@@ -1,0 +1,60 @@
+"""JAX's persistent compilation cache, for runs that repeat or resume.
+
+A compiled XLA program is written to disk under a key of its computation, the
+compiler options, the devices and the jax/jaxlib versions; a later process that
+compiles the same program reads it back instead of compiling (what the ``leads`` CLI
+and the benchmarks use; ``benchmarks/fit_compile.py`` measures the saving). It is
+**off** unless asked for: by :func:`enable_compilation_cache` with a path, by the
+environment variable ``LEADS_JAX_CACHE_DIR`` (read by that function), or by
+``leads --compile-cache DIR``. The test suite never enables it.
+
+Two limits. JAX never reads a program that contains a host callback from the cache,
+and equinox's runtime checks (``eqx.error_if``, used inside diffrax) are host callbacks
+unless ``EQX_ON_ERROR=nan`` (or ``off``) is set in the environment *before* equinox is
+imported: with it, a failed check gives NaN, which the fitting engine records as
+divergence. And the cache saves compilation, not tracing: each program is still traced
+and lowered to compute its key.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+
+__all__ = ["CACHE_ENV", "enable_compilation_cache"]
+
+CACHE_ENV = "LEADS_JAX_CACHE_DIR"
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None, *,
+                             min_compile_time_secs: float = 0.0) -> pathlib.Path | None:
+    """Switch JAX's persistent compilation cache on, in folder `path` (created).
+
+    `path=None` reads ``$LEADS_JAX_CACHE_DIR``; when that is unset or empty too, nothing
+    changes and ``None`` is returned. Programs that took at least
+    `min_compile_time_secs` to compile are written (default 0: all, since a fitting run
+    also compiles many small programs). Call it before the first JAX computation: JAX
+    decides whether to use the cache at its first compilation.
+
+    **Returns:** the cache folder, or ``None`` when the cache stays off.
+    """
+    if path is None:
+        path = os.environ.get(CACHE_ENV) or None
+        if path is None:
+            return None
+    folder = pathlib.Path(path).expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(
+            f"compilation cache folder {str(folder)!r} cannot be created: {e}") from None
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"compilation cache folder {str(folder)!r} is not writable")
+    if not min_compile_time_secs >= 0:
+        raise ValueError(f"min_compile_time_secs must be >= 0; got {min_compile_time_secs}")
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder

@@ -1,0 +1,142 @@
+"""Compilation is paid once, one contract for every model, and ``fit`` in parts.
+
+One tiny problem (8-node Aliev-Panfilov cable, 8 ms of training record) is fitted
+first with three grammar structures and one model from ``compile_vector_field`` in ONE
+``fit`` call (two compilation groups). Every later fit in this module changes what
+must be data -- the learning rate, the step count (not a multiple of ``eval_every``),
+a curriculum, the restarts, the candidates' values and the candidate count within the
+bucket -- and JAX's compile log (the ``/jax/core/compile/backend_compile_duration``
+monitoring event, one per XLA compilation) must stay silent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from leads_jax.compile import compile_vector_field
+from leads_jax.datasets import FitData, make_dataset
+from leads_jax.fit import FitConfig, fit, fit_group, prepare
+from leads_jax.geometry import Geometry
+from leads_jax.structure import Structure
+
+DT = 0.25
+TRUE = {"a": 0.15, "k": 8.0, "eps0": 0.01, "D": 0.001}
+# audit=False: the audit's longer rollout is one more program per group to compile (it is
+# data-independent like the others; tests/test_fit_recovery.py covers fit's audit)
+CFG = FitConfig(learning_rate=0.01, steps=6, eval_every=3, patience=None, dt=DT,
+                aphynity_weight=0.0, min_bucket=4, audit=False)
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def compile_log():
+    """The names of the XLA programs compiled inside the block."""
+    names = []
+
+    def listener(event, duration, **kwargs):
+        if event == COMPILE_EVENT:
+            names.append(str(kwargs.get("fun_name", "?")))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def ap_field(t, y, logp, geometry):
+    """Aliev-Panfilov (the catalog's equations) written as a plain vector field, with
+    log-parameters (so a gradient step is a relative change)."""
+    p = jax.tree.map(jnp.exp, logp)
+    u, v = y
+    du = -p["k"] * u * (u - p["a"]) * (u - 1.0) - u * v
+    eps = p["eps0"] + 0.2 * v / (0.3 + u)
+    dv = eps * (-v - p["k"] * u * (u - p["a"] - 1.0))
+    return jnp.stack([du, dv]) / 12.9 + jnp.stack([p["D"] * geometry.laplacian(u), 0 * v])
+
+
+def field_model(scale=1.1):
+    params = {k: jnp.log(jnp.asarray(v * scale, jnp.float32)) for k, v in TRUE.items()}
+    return compile_vector_field(ap_field, params, state_names=("u", "v"),
+                                state_bounds=((-0.5, 1.5), (-0.5, 5.0)), dt=DT, name="ap_field")
+
+
+def structure(free, factor):
+    return Structure.make("aliev-panfilov", free=free,
+                          values={k: v * factor for k, v in TRUE.items()})
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = make_dataset("aliev-panfilov", Geometry.cable(8), t_train=8.0, save_every=2.0,
+                      parameters={"eps0": TRUE["eps0"]}, dt=DT, seed=0)
+    return FitData.from_dataset(ds)
+
+
+@pytest.fixture(scope="module")
+def first(data):
+    cands = [structure(("a", "D"), 1.1), structure(("k",), 0.9), structure(("a", "k"), 1.05),
+             field_model()]
+    with compile_log() as names:
+        res = fit(cands, data, CFG, key=jax.random.key(0), progress=False)
+    return res, names
+
+
+def test_structure_and_vector_field_fit_in_one_call(first):
+    res, names = first
+    ds = res.dataset
+    assert len(names) > 0  # the first fit compiles
+    assert ds.attrs["n_groups"] == 2
+    assert ds["formula"].values[3].startswith("ap_field")
+    assert ds["n_params"].values.tolist() == [2, 1, 2, 4]
+    assert np.all(np.isfinite(ds["train_rmse"].values)), ds["train_rmse"].values
+    assert ds["stable"].values.all()
+    assert np.isfinite(ds["train_curve"].values).all()  # every member trained every step
+    # the vector field's fitted (log-)values are reported by name
+    assert {"a", "k", "eps0", "D"} <= set(ds["param"].values.tolist())
+    assert np.isfinite(ds["params"].sel(candidate=3).values).all()
+    assert res.structures[3] is None and res.models[3].name == "ap_field"
+
+
+def test_second_fit_compiles_nothing(first, data):
+    """Other learning rate, step count, curriculum, restarts, values and candidate count
+    (same buckets): zero compilations."""
+    cfg = dataclasses.replace(CFG, learning_rate=0.011, steps=5, restarts=2,
+                              curriculum=((0.5, 2),), restart_noise=0.05)
+    cands = [structure(("a", "k"), 0.95), structure(("D",), 1.02), field_model(0.9)]
+    with compile_log() as names:
+        res = fit(cands, data, cfg, key=jax.random.key(1), progress=False)
+    assert names == [], names
+    assert res.dataset.sizes["candidate"] == 3
+    assert res.dataset["train_curve"].shape[1] == 2 + 5
+
+
+def test_fit_in_parts_equals_fit(first, data):
+    """prepare -> fit_group -> records gives what fit gives (times apart)."""
+    res, _ = first
+    cands = [structure(("a", "D"), 1.1), structure(("k",), 0.9), structure(("a", "k"), 1.05),
+             field_model()]
+    plan = prepare(cands, data, CFG)
+    assert [g.candidates for g in plan.groups] == [(0, 1, 2), (3,)]
+    with compile_log() as names:
+        for group in plan.groups:
+            out = fit_group(plan, group, key=jax.random.key(0))
+            for c, rec in zip(out.candidates, out.records, strict=True):
+                row = res.dataset.isel(candidate=c)
+                assert rec.formula == row["formula"].item()
+                for name in ("train_rmse", "val_rmse", "train_loss", "n_params", "best_step",
+                             "stable"):
+                    assert getattr(rec, name) == row[name].item(), name
+                np.testing.assert_array_equal(rec.train_curve, row["train_curve"].values)
+    assert names == [], names
+
+
+def test_key_must_be_a_prng_key(data):
+    with pytest.raises(ValueError, match=r"key must be a JAX PRNG key.*jax.random.key\(0\)"):
+        fit([structure(("a",), 1.0)], data, CFG, key=0)
