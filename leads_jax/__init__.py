@@ -19,8 +19,12 @@ so that the module name is not shadowed.)
 
 __version__ = "0.1.0"
 
+from ._cache import enable_compilation_cache as enable_compilation_cache
+from .codes import ResultCode as ResultCode
+from .compile import AbstractCompiledModel as AbstractCompiledModel
 from .compile import compile_structure as compile_structure
 from .compile import compile_vector_field as compile_vector_field
+from .datasets import FitData as FitData
 from .datasets import load_dataset as load_dataset
 from .datasets import make_dataset as make_dataset
 from .datasets import save_dataset as save_dataset
