@@ -110,7 +110,7 @@ def test_redact_and_extract(monkeypatch):
 
 
 def test_import_leads_jax_does_not_import_litellm():
-    code = ("import sys, leads_jax, leads_jax.agent._llm, leads_jax.agent._expr; "
+    code = ("import sys, leads_jax, leads_jax.agent, leads_jax.agent._llm, leads_jax.agent._expr; "
             "assert 'litellm' not in sys.modules, 'litellm imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -268,3 +268,42 @@ def test_end_to_end_plain_json_fallback_and_unavailable(fake_server, monkeypatch
     with pytest.raises(LLMUnavailable, match="3 attempt"):
         c.ask([{"role": "user", "content": "again"}], Action)
     assert sleeps == [1.0, 2.0]
+
+
+def test_end_to_end_with_the_agents_actions(fake_server, monkeypatch, tmp_path):
+    """The agent's real reply schema and grammar check: bad replies are rejected with the
+    rule that broke, the structure-level rejection comes from apply_proposal."""
+    from leads_jax.agent._actions import ActionRejected, PolicyReply, apply_proposal
+
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    good = {"reflection": "start simple", "proposals": [
+        {"parent": None, "actions": [{"kind": "set_reaction", "reaction": "aliev-panfilov"}]}]}
+    bad_structure = {"reflection": "", "proposals": [
+        {"parent": None, "actions": [{"kind": "set_reaction", "reaction": "hodgkin-huxley-9000"}]}]}
+    unknown_kind = {"reflection": "", "proposals": [
+        {"parent": None, "actions": [{"kind": "teleport"}]}]}
+    server = fake_server([{"content": "```json\n{\"reflection\": \"x\", \"proposals\": [}\n```"},
+                          {"content": json.dumps(unknown_kind)},
+                          {"content": json.dumps(bad_structure)},
+                          {"content": json.dumps(good)}])
+
+    def check(reply):
+        try:
+            for p in reply.proposals:
+                apply_proposal(p, {})
+        except ActionRejected as e:
+            return str(e)
+        return None
+
+    c = LLMClient("openai/local-model", api_base=server.url, timeout_s=2, max_invalid=4,
+                  sleep=lambda s: None)
+    r = c.ask_until_valid([{"role": "user", "content": "propose"}], PolicyReply, check)
+    assert r.parsed is not None and r.parsed.proposals[0].actions[0].reaction == "aliev-panfilov"
+    reasons = [e["rejection"] for e in c.transcript if e.get("rejection")]
+    assert len(reasons) == 3 and c.n_invalid == 3
+    assert "not valid JSON" in reasons[0] and "teleport" in reasons[1]
+    assert "hodgkin-huxley-9000" in reasons[2]
+    # each rejection was fed back to the LLM in the next request
+    assert "rejected" in server.requests[-1]["body"]["messages"][-2]["content"]
+    c.write_transcript(tmp_path / "t.json")
+    assert FAKE_KEY not in (tmp_path / "t.json").read_text()
