@@ -407,6 +407,8 @@ def _onsets(p: Mapping, factor, t0_ms, t_end_ms) -> np.ndarray:
         on = np.atleast_1d(np.asarray(p["times"], dtype=np.float64)) * factor
     elif "period" in p:
         period = float(p["period"]) * factor
+        if not (period > 0 and math.isfinite(period)):
+            raise ValueError(f"pacing period must be > 0; got {p['period']!r}")
         count = int(p.get("count", 0)) or int((t_end_ms + t0_ms - float(p.get("start", 0.0))
                                                * factor) // period) + 1
         on = float(p.get("start", 0.0)) * factor + period * np.arange(count)

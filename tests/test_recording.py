@@ -158,6 +158,7 @@ def test_bad_inputs_are_named(cell, tmp_path):
         (dict(traces=vm, time=t, pacing={"times": [-5.0]}), "precedes"),
         (dict(traces=vm, time=t, pacing={"site": 0, "times": onsets}), "unknown key"),
         (dict(traces=vm, time=t, pacing={"duration": 1.0}), "needs 'times'"),
+        (dict(traces=vm, time=t, pacing={"period": 0.0}), "period must be > 0"),
     ]
     for kw, match in cases:
         with pytest.raises(ValueError, match=match):
