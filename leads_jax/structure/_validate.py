@@ -29,6 +29,7 @@ interpretable and stable:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from ..physics.closures import (
@@ -40,7 +41,7 @@ from ..physics.closures import (
 )
 from ..physics.diffusion import CONDUCTIVITY_SPEC, DIFFUSION_KINDS, MAX_NEURAL_GAIN
 from ..physics.reactions import get_reaction
-from ._structure import (
+from ._terms import (
     CLOSURE_DEFAULT_HIDDEN,
     CLOSURE_DEFAULT_MAX_RATE,
     DIFFUSION_DEFAULT_HIDDEN,
@@ -51,7 +52,6 @@ from ._structure import (
     ClosureTerm,
     DiffusionTerm,
     ParameterChoice,
-    Structure,
     StructureError,
 )
 
@@ -68,7 +68,7 @@ def reaction_class(name: str):
         raise StructureError("known-reaction", str(e.args[0] if e.args else e)) from None
 
 
-def parameter_specs(structure: Structure):
+def parameter_specs(structure):
     """``{name: ParamSpec}`` of every parameter the structure has (reaction + ``D``)."""
     cls = reaction_class(structure.reaction)
     specs = {s.name: s for s in cls.param_specs}
@@ -101,10 +101,11 @@ def _finite_in(x, lo, hi, rule, what, lo_open=True):
         raise StructureError(rule, f"{what} = {x!r} must be finite and in {bracket}{lo}, {hi}]")
 
 
-def validate(structure: Structure, catalog=None) -> Structure:
-    """Check every rule (see the module docstring); raise :class:`StructureError`
-    (a ``ValueError``) naming the first rule broken. Returns `structure` unchanged."""
-    if not isinstance(structure, Structure):
+def validate(structure, catalog=None):
+    """Check every rule (see the module docstring) of a
+    :class:`~leads_jax.structure.Structure`; raise :class:`StructureError` (a
+    ``ValueError``) naming the first rule broken. Returns `structure` unchanged."""
+    if type(structure).__name__ != "Structure" or not dataclasses.is_dataclass(structure):
         raise TypeError(f"expected a Structure, got {type(structure).__name__}")
     cls = reaction_class(structure.reaction)
     states = cls.state_names
@@ -227,7 +228,7 @@ def validate(structure: Structure, catalog=None) -> Structure:
     return structure
 
 
-def canonicalise(structure: Structure) -> Structure:
+def canonicalise(structure):
     """The canonical spelling of a valid structure (see :meth:`Structure.canonical`)."""
     validate(structure)
     cls = reaction_class(structure.reaction)
@@ -258,7 +259,8 @@ def canonicalise(structure: Structure) -> Structure:
         p = chosen.get(name, ParameterChoice(name, "fixed", None))
         value = float(spec.default if p.value is None else p.value)
         params.append(ParameterChoice(name, p.mode, value))
-    return Structure(cls.name, diffusion, tuple(closures), tuple(params))
+    return dataclasses.replace(structure, reaction=cls.name, diffusion=diffusion,
+                               closures=tuple(closures), parameters=tuple(params))
 
 
 __all__ = ["canonicalise", "parameter_specs", "reaction_class", "validate"]
