@@ -236,9 +236,16 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--torch-steps", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--compile-cache", metavar="DIR", default=None,
+                        help="JAX persistent compilation cache (default: $LEADS_JAX_CACHE_DIR, "
+                             "else off); compile times below then measure cache reads")
     args = parser.parse_args(argv)
 
     import jax
+
+    from leads_jax import enable_compilation_cache
+
+    enable_compilation_cache(args.compile_cache)
 
     device = jax.devices()[0].platform
     load0 = os.getloadavg()[0]

@@ -35,6 +35,7 @@ import jax
 import numpy as np
 import xarray as xr
 
+from leads_jax import enable_compilation_cache
 from leads_jax.batching import stack_models
 from leads_jax.compile import compile_structure, replace_parameters
 from leads_jax.datasets import default_conductivity
@@ -102,7 +103,11 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--n-nodes", type=int, default=1862)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--compile-cache", metavar="DIR", default=None,
+                   help="JAX persistent compilation cache (default: $LEADS_JAX_CACHE_DIR, "
+                        "else off)")
     args = p.parse_args(argv)
+    enable_compilation_cache(args.compile_cache)
     if args.steps % (args.frames - 1):
         raise SystemExit("--steps must be a multiple of --frames - 1")
     backend = jax.default_backend()
