@@ -127,3 +127,54 @@ def test_table_guards_never_give_all_nan_targets(data_dir):
     assert np.isnan(t.conc_median).all()
     with pytest.warns(UserWarning, match="stay at the drugs.json values"):
         assert fit_pk(read_ecgrdvq(no_conc)) == {}
+
+
+CV_DIR = CALIBRATED_JSON.parents[2] / "benchmarks/results/calibration_ecgrdvq"
+
+
+def test_subject_folds_partition_the_subjects():
+    from ecg_world.calibration import subject_folds
+
+    subs = [1001, 1002, 1003, 1004, 1006, 1007, 1011, 1012, 1013]
+    folds = subject_folds(subs, 4, seed=0)
+    assert len(folds) == 4 and sorted(sum(folds, [])) == subs
+    assert {len(f) for f in folds} <= {2, 3}
+    assert folds == subject_folds(list(reversed(subs)), 4, seed=0)  # seeded, order-free
+    with pytest.raises(ValueError, match="k must lie"):
+        subject_folds(subs, 1)
+
+
+def test_committed_cross_validation_matches_its_predictions(targets):
+    """The committed cross-validation table is what its committed out-of-fold predictions
+    give against the table's bands (recomputed here), with provenance."""
+    import xarray as xr
+
+    doc = json.loads((CV_DIR / "cross_validation.json").read_text())
+    prov = doc["provenance"]
+    for k in ("created_utc", "git_commit", "command", "k", "seed", "subjects"):
+        assert k in prov
+    folds = doc["folds"]
+    assert len(folds) == prov["k"] and sorted(sum(folds, [])) == sorted(prov["subjects"])
+    assert sorted(prov["subjects"]) == sorted(targets.attrs["subjects"])
+    pooled = xr.load_dataset(CV_DIR / "cross_validation.nc", engine="h5netcdf")
+    cov = coverage_table(pooled.sim_mean, targets).set_index(["drug", "endpoint"])
+    for r in doc["rows"]:
+        assert cov.loc[(r["drug"], r["endpoint"]), "inside_band"] == pytest.approx(
+            r["cv_inside_band"])
+        assert cov.loc[(r["drug"], r["endpoint"]), "rmse"] == pytest.approx(r["cv_rmse"],
+                                                                             rel=1e-4)
+
+
+@pytest.mark.slow
+def test_cross_validation_is_reproducible(data_dir):
+    import xarray as xr
+
+    from ecg_world.calibration import cross_validate
+
+    doc = json.loads((CV_DIR / "cross_validation.json").read_text())
+    p = doc["provenance"]
+    pooled, _, folds = cross_validate(data_dir / CSV, k=p["k"], seed=p["seed"],
+                                      max_nfev=p["max_nfev"], n_virtual=p["n_virtual"])
+    assert folds == doc["folds"]
+    ref = xr.load_dataset(CV_DIR / "cross_validation.nc", engine="h5netcdf")
+    np.testing.assert_allclose(pooled.sim_mean.values, ref.sim_mean.values, atol=0.5)
