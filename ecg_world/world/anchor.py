@@ -82,15 +82,15 @@ class AnchorFit(eqx.Module):
     ``corr`` (batch) of the fitted strip against the data (over all leads).
     """
 
-    ti: Float[Array, "batch 5"]
-    ai: Float[Array, "batch lead 5"]
-    bi: Float[Array, "batch 5"]
-    offset: Float[Array, "batch lead"]
-    slope: Float[Array, "batch lead"]
-    rr_s: Float[Array, " batch"]
-    t_first_r: Float[Array, " batch"]
-    rmse: Float[Array, " batch"]
-    corr: Float[Array, " batch"]
+    ti: Float[Array, "*batch 5"]
+    ai: Float[Array, "*batch lead 5"]
+    bi: Float[Array, "*batch 5"]
+    offset: Float[Array, "*batch lead"]
+    slope: Float[Array, "*batch lead"]
+    rr_s: Float[Array, "*batch"]
+    t_first_r: Float[Array, "*batch"]
+    rmse: Float[Array, "*batch"]
+    corr: Float[Array, "*batch"]
 
 
 def simulate_strip(ti, ai, bi, rr_s, t_first_r, offset, slope, *, n_samples: int,

@@ -74,7 +74,7 @@ class TrainConfig:
     ema_decay: float = 0.995
     anchor_scale: float = 0.1
     anchor_power: float = 1.0
-    anchor_steps: int = 300
+    anchor_steps: int = 600
     use_anchor: bool = True
     checkpoint_every: int = 500
     seed: int = 0
@@ -90,7 +90,7 @@ class TrainConfig:
 PRESETS: dict[str, TrainConfig] = {
     "quick": TrainConfig(),
     "full": TrainConfig(ae_steps=6000, ae_batch=64, diff_steps=30000, diff_batch=128,
-                        hidden=512, n_blocks=3, ema_decay=0.999, anchor_steps=600,
+                        hidden=512, n_blocks=3, ema_decay=0.999, anchor_steps=1000,
                         checkpoint_every=2000),
 }
 
