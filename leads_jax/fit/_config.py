@@ -44,10 +44,15 @@ class FitConfig:
       separately** (never across candidates); ``None`` switches clipping off.
     - `restarts`: random restarts per candidate; the restart with the best
       validation error is kept. Restart 0 starts from the candidate's own initial
-      values; the others add Gaussian noise of standard deviation
-      `restart_noise` to every trainable (unconstrained) leaf and use a different
-      key for neural initialisation.
-    - `eval_every`: steps between validation evaluations (early-stopping checks).
+      values; the others are perturbed by the model's own
+      :meth:`~leads_jax.compile.AbstractCompiledModel.perturb` with standard deviation
+      `restart_noise` (grammar structures: the free unconstrained parameter values)
+      and, for structures, use a different key for neural initialisation. Restarts
+      are members of the batch like candidates: changing them recompiles nothing
+      while candidates x restarts stays within the bucket.
+    - `eval_every`: steps between validation evaluations (early-stopping checks);
+      also the length of the compiled training chunk (fixed per run: changing it
+      compiles a new chunk; `steps` and the curriculum are data).
     - `patience`: evaluations without improvement of the validation loss before a
       member stops (early stopping). ``None`` never stops early.
     - `min_delta`: relative improvement that counts as one.
