@@ -12,10 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ecg_world.actions import Action, make_action
 from ecg_world.calibrated import default_calibration
 from ecg_world.drugs import load_drugs
-
-from ecg_world.actions import Action, make_action
 from ecg_world.world import data as wdata
 from ecg_world.world.data import PairSet, StripSpec, action_features
 from ecg_world.world.model import ModelFormatError, load_model

@@ -39,9 +39,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
 
-from leads_jax.physics.mcsharry import ECGSYN_AI, ECGSYN_BI, ECGSYN_TI_DEGREES, McSharryECG, ecg_waveform
+from leads_jax.physics.mcsharry import (
+    ECGSYN_AI,
+    ECGSYN_BI,
+    ECGSYN_TI_DEGREES,
+    McSharryECG,
+    ecg_waveform,
+)
 
 from ..actions import Action
 from ..intervals import IntervalConfig, measure_intervals

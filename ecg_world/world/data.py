@@ -248,7 +248,8 @@ def pairs_from_batch(batch, pharm: Pharmacology, spec: StripSpec | None = None, 
                          f"{batch.library.names}")
     n_s = batch.signals.shape[-1]
     if n_s < spec.n_samples:
-        raise ValueError(f"cohort segments have {n_s} samples ({n_s / fs:.2f} s); a strip needs "
+        raise ValueError(f"cohort segments have {n_s} samples ({n_s / fs:.2f} s): too short; "
+                         f"a strip needs "
                          f"{spec.n_samples} ({spec.duration_s:.3f} s): synthesize with "
                          f"--duration >= {spec.duration_s}")
     li = [batch.lead_names.index(ld) for ld in spec.leads]

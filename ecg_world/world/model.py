@@ -35,7 +35,7 @@ from flax import nnx
 from .. import __version__ as ECG_WORLD_VERSION
 from .autoencoder import AEConfig, ECGAutoencoder
 from .data import StripSpec
-from .diffusion import DiffusionConfig, Denoiser
+from .diffusion import Denoiser, DiffusionConfig
 
 __all__ = ["WorldModel", "save_model", "load_model", "ModelFormatError", "SCHEMA_VERSION"]
 
