@@ -520,11 +520,14 @@ def calibrate(
     seed: int = 0,
     pk: dict | None = None,
     sens: dict | None = None,
+    fit_drug_pk: bool = True,
 ) -> tuple[Calibration, xr.Dataset]:
     """Full calibration (stages 1-3) on ``drugs`` (default: all drugs in the table).
 
     ``pk`` may pass a stage-1 result (:func:`fit_pk`) and ``sens`` a kernel response
-    (:func:`kernel_sensitivity`) to skip recomputing them."""
+    (:func:`kernel_sensitivity`) to skip recomputing them. ``fit_drug_pk=False`` keeps the
+    two per-drug ECG-informed knobs (effect-site rate ``ke0`` and unbound fraction) at their
+    drugs.json values: the map alone is fitted (the ablation of :func:`leave_one_drug_out`)."""
     library = library or default_library()
     df = as_read_table(table, library=library)
     targets = compute_targets(df, library=library)
@@ -540,7 +543,7 @@ def calibrate(
     fit_drugs = list(drugs or targets.drug.values)
     emap, info, drug_pk = fit_effect_map(targets, lib, var, drugs=fit_drugs, init=init,
                                          n_virtual=n_virtual, max_nfev=max_nfev, seed=seed,
-                                         sens=sens)
+                                         sens=sens, fit_drug_pk=fit_drug_pk)
     lib = lib.with_pk({d: dict(v) for d, v in drug_pk.items()})
     for d, v in drug_pk.items():
         pk.setdefault(d, {}).update(v)
@@ -559,6 +562,7 @@ def calibrate(
         "n_virtual": n_virtual,
         "seed": seed,
         "pk_from_drugs_json": sorted(d for d in fit_drugs if d not in pk),
+        "fit_drug_pk": bool(fit_drug_pk),
     }
     cal = Calibration(lib, emap, diurnal, var, provenance, pk, info, bdist, sens)
     return cal, targets
@@ -607,8 +611,12 @@ def coverage_table(sim_mean: xr.DataArray, targets: xr.Dataset) -> pd.DataFrame:
 
 
 def leave_one_drug_out(table, *, library=None, n_virtual=64, max_nfev=150,
-                       init: EffectMap | None = None) -> tuple[pd.DataFrame, dict]:
+                       init: EffectMap | None = None, fit_drug_pk: bool = True
+                       ) -> tuple[pd.DataFrame, dict]:
     """Calibrate the shared map on all drugs but one, predict the held-out drug.
+
+    ``fit_drug_pk=False``: without the per-drug ECG-informed knobs (ke0, unbound fraction at
+    their drugs.json values in every fold), to show whether they carry the fit.
 
     Returns the coverage/RMSE rows of the held-out drugs and the per-fold maps."""
     library = library or default_library()
@@ -621,7 +629,7 @@ def leave_one_drug_out(table, *, library=None, n_virtual=64, max_nfev=150,
     for held in all_drugs:
         cal, _ = calibrate(df, library=library, drugs=[d for d in all_drugs if d != held],
                            n_virtual=n_virtual, max_nfev=max_nfev, init=init, pk=pk,
-                           sens=sens)
+                           sens=sens, fit_drug_pk=fit_drug_pk)
         pred = predicted_time_courses(cal, targets, drugs=[held])
         cov = coverage_table(pred.sim_mean, targets)
         cov["held_out"] = held
