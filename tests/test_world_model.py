@@ -264,3 +264,38 @@ def test_one_vs_four_devices_same_loss_curve(tmp_path):
     assert res[1]["n"] == 1 and res[4]["n"] == 4
     np.testing.assert_allclose(res[4]["ae"], res[1]["ae"], rtol=2e-4, atol=1e-7)
     np.testing.assert_allclose(res[4]["diff"], res[1]["diff"], rtol=2e-3, atol=1e-5)
+
+
+def test_simulate_writes_netcdf_and_figure(trained, prepared, tmp_path):
+    from ecg_world.world.sample import plot_rollouts, simulate
+
+    out, model, _ = trained
+    pharm = prepared.pharm
+    acts = [make_action("dofetilide", 500, "ug", h, library=pharm.library) for h in (1.0, 2.5)]
+    action = Action(np.array([int(a.drug) for a in acts]),
+                    np.array([float(a.dose_mg) for a in acts], np.float32),
+                    np.array([1.0, 2.5], np.float32), pharm.library)
+    ds = simulate(model, np.asarray(prepared.pairs.pre[0]), action, pharm, k=3, steps=4,
+                  seed=1, source="test", model_dir=str(out))
+    assert ds["ecg"].dims == ("time_after_dose", "rollout", "lead", "time")
+    assert ds["ecg"].shape == (2, 3, 2, 1024) and ds["ecg"].attrs["units"] == "mV"
+    assert ds.attrs["ecg_world_version"] and ds.attrs["seed"] == 1
+    ds.to_netcdf(tmp_path / "r.nc", engine="h5netcdf")
+    assert plot_rollouts(ds, tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_simulate_cli_bad_inputs(trained, data_dir, capsys):
+    from ecg_world.cli import main
+
+    out, _, _ = trained
+    rec = str(data_dir / "wfdb" / "100")
+    base = ["simulate", "--model", str(out), "--record", rec, "--drug", "dofetilide",
+            "--out", str(out.parent / "sim")]
+    assert main(base + ["-k", "0"]) == 2
+    assert "-k" in capsys.readouterr().err
+    assert main(base + ["--hours", "-1"]) == 2
+    assert "hours" in capsys.readouterr().err
+    assert main(base + ["--drug", "notadrug"]) == 2
+    assert "notadrug" in capsys.readouterr().err
+    assert main(base) == 2  # MIT-BIH 100 has MLII and V5, the model needs II and V2
+    assert "V2" in capsys.readouterr().err
