@@ -297,7 +297,7 @@ def main(argv=None) -> int:
         for k in ALL_FIDS:
             beat_vars[f"{m}_{k}"] = ("row", scored[m][0][k])
     beats = xr.Dataset(beat_vars, coords={"record": ("row", rec_col.astype(str)),
-                                          "split": ("row", [split[r] for r in rec_col])})
+                                          "row_split": ("row", [split[r] for r in rec_col])})
     prov = dict(
         command="python benchmarks/delineation_ludb.py", git_revision=_git_rev(),
         date_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -419,10 +419,12 @@ def _markdown(ds, prov, methods) -> str:
     # acceptance
     L += ["## Acceptance (reporting split, ecg_world, per beat, lead II, sinus rhythm)", "",
           "| criterion | target | measured | met |", "|---|---|---|---|"]
+    # compared at the table's 0.1-ms precision (annotations are on a 2-ms grid; a float32
+    # median of 12.000001 ms meets "<= 12 ms")
     rep = ds["error_stat"].sel(split="reporting")
     for q, t in TARGETS.items():
         s = rep.sel(delineator="ecg_world", quantity=q)
-        g = lambda k: float(s.sel(stat=k))  # noqa: E731, B023
+        g = lambda k: round(float(s.sel(stat=k)), 1 if k != "gt50" else 4)  # noqa: E731, B023
         for k, v in t.items():
             if k == "bias":
                 meas, ok = g("mean"), abs(g("mean")) <= v

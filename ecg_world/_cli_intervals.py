@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 import numpy as np
 
@@ -47,7 +48,9 @@ def _fmt(v) -> str:
 def run(args) -> int:
     try:
         ecg = read_record(args.path, leads=args.leads, start=args.start, stop=args.stop)
-        ds = measure_record(ecg)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # reported below, once
+            ds = measure_record(ecg)
     except (FileNotFoundError, KeyError, ValueError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"ecg-world intervals: error: {msg}", file=sys.stderr)
@@ -73,7 +76,10 @@ def run(args) -> int:
         "sampling_rate_hz": ecg.attrs["sampling_rate"],
         "duration_s": ecg.sizes["time"] / ecg.attrs["sampling_rate"],
         "nan_samples_repaired": int(ecg.attrs.get("n_repaired", 0)),
+        "warnings": [w for w in ds.attrs.get("warnings", "").split("\n") if w],
     }
+    for w in header["warnings"]:
+        print(f"ecg-world intervals: warning: {w}", file=sys.stderr)
     if args.json:
         print(json.dumps({**header, "units": "ms", "median_beat": rows}, indent=2))
         return 0

@@ -24,6 +24,7 @@ and raises ``ValueError`` naming the lead (read the others with ``leads=[...]``)
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import re
@@ -76,6 +77,46 @@ def _record_base(path: str | os.PathLike) -> pathlib.Path:
             f"no WFDB record at {str(path)!r}: expected a header file {str(p) + '.hea'!r}"
         )
     return p
+
+
+# bytes per sample of the WFDB storage formats (PhysioNet "signal" file formats)
+_BYTES_PER_SAMPLE = {"8": 1.0, "16": 2.0, "61": 2.0, "80": 1.0, "160": 2.0, "212": 1.5,
+                     "24": 3.0, "32": 4.0, "310": 4.0 / 3.0, "311": 4.0 / 3.0}
+
+
+def _check_not_truncated(base: pathlib.Path, header) -> None:
+    """``ValueError`` naming the file if a signal file is shorter than its header says.
+
+    wfdb itself fails on a truncated file with an internal numpy broadcast message (or reads
+    silently fewer samples); the header gives the exact size to expect."""
+    if header.sig_len is None or not header.file_name:
+        return
+    files: dict[str, list[int]] = {}
+    for i, name in enumerate(header.file_name):
+        files.setdefault(name, []).append(i)
+    for name, chans in files.items():
+        fmt = str(header.fmt[chans[0]])
+        bps = _BYTES_PER_SAMPLE.get(fmt)
+        path = base.parent / name
+        if bps is None or name == "~" or not path.is_file():
+            if name != "~" and not path.is_file():
+                raise FileNotFoundError(
+                    f"record {base.name!r}: signal file {str(path)!r} named in the header "
+                    "is missing"
+                )
+            continue
+        offset = int((header.byte_offset or [0] * len(header.file_name))[chans[0]] or 0)
+        expected = offset + int(math.ceil(int(header.sig_len) * len(chans) * bps))
+        size = path.stat().st_size
+        if size < expected:
+            have = int((size - offset) / (len(chans) * bps))
+            raise ValueError(
+                f"record {base.name!r}: file is truncated: {str(path)!r} has {size} bytes, "
+                f"the header ({header.sig_len} samples x {len(chans)} signals, format {fmt}) "
+                f"needs {expected}; about {have} of {header.sig_len} samples "
+                f"({have / float(header.fs):.1f} s) are there. Download the record again "
+                f"or read a part of it with stop=<seconds>"
+            )
 
 
 def repair_nan(
@@ -147,7 +188,17 @@ def read_record(
         channels = [canonical.index(c) for c in wanted]
     else:
         channels = list(range(len(original)))
-    rec = wfdb.rdrecord(str(base), sampfrom=sampfrom, sampto=sampto, channels=channels)
+    if stop is None:
+        _check_not_truncated(base, header)
+    try:
+        rec = wfdb.rdrecord(str(base), sampfrom=sampfrom, sampto=sampto, channels=channels)
+    except ValueError as err:  # wfdb's message on a short file is numpy's broadcast error
+        if "broadcast" in str(err):
+            raise ValueError(
+                f"record {base.name!r}: file is truncated (wfdb could not read "
+                f"{sampto if sampto is not None else header.sig_len} samples: {err})"
+            ) from err
+        raise
     units = {u.lower() for u in rec.units}
     sig = np.asarray(rec.p_signal, dtype=np.float64).T
     scale = np.array([_to_mv(u) for u in rec.units])[:, None]

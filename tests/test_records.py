@@ -109,3 +109,23 @@ def test_manual_annotation_committed(data_dir):
     assert "by eye" in ann["method"]
     for a in ann["leads"].values():
         assert -80 < a["qrs_onset_ms"] < 0 < 300 < a["t_end_ms"] < 500
+
+
+def test_truncated_wfdb_file_clear_error(data_dir, tmp_path):
+    """A signal file cut short (a broken download): 'file is truncated' naming the file and
+    how much is there, not wfdb's internal numpy broadcast message; the part that is there
+    still reads with stop=."""
+    import shutil
+
+    shutil.copy(data_dir / "wfdb" / "100.hea", tmp_path / "100.hea")
+    (tmp_path / "100.dat").write_bytes((data_dir / "wfdb" / "100.dat").read_bytes()[:100_000])
+    with pytest.raises(ValueError, match="file is truncated") as err:
+        records.read_record(tmp_path / "100")
+    assert "100.dat" in str(err.value) and "broadcast" not in str(err.value)
+    with pytest.raises(ValueError, match="file is truncated"):
+        records.read_record(tmp_path / "100", stop=600.0)
+    part = records.read_record(tmp_path / "100", stop=10.0)
+    assert part.sizes["time"] == 3600
+    (tmp_path / "100.dat").unlink()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        records.read_record(tmp_path / "100")
