@@ -300,7 +300,7 @@ def main(argv=None) -> int:
                                           "row_split": ("row", [split[r] for r in rec_col])})
     prov = dict(
         command="python benchmarks/delineation_ludb.py", git_revision=_git_rev(),
-        date_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        date_utc=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
         lead=LEAD, window_ms=WINDOW_MS, split_seed=ludb.SPLIT_SEED,
         split_rule=f"sha256(f'{{seed}}:{{record_id}}') % 100 < {ludb.TUNING_PERCENT} -> tuning",
         records_tuning=",".join(r for r in recs if split[r] == "tuning"),

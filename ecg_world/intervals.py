@@ -85,8 +85,9 @@ References: Pan J, Tompkins WJ. A real-time QRS detection algorithm. IEEE Trans 
 1985;32:230-236. Zhang Q, Illanes Manriquez A, Medigue C, Papelier Y, Sorine M. An algorithm
 for robust and efficient location of T-wave ends in electrocardiograms. IEEE Trans Biomed Eng
 2006;53:2544-2552. Kalyakulina AI et al. LUDB: a new open-access validation tool for
-electrocardiogram delineation algorithms. IEEE Access 2020;8:186181-186190. Lepeschkin E, Surawicz B. The measurement of the Q-T interval of the
-electrocardiogram. Circulation 1952;6:378-388. Martinez JP, Almeida R, Olmos S, Rocha AP,
+electrocardiogram delineation algorithms. IEEE Access 2020;8:186181-186190. Lepeschkin E,
+Surawicz B. The measurement of the Q-T interval of the electrocardiogram. Circulation
+1952;6:378-388. Martinez JP, Almeida R, Olmos S, Rocha AP,
 Laguna P. A wavelet-based ECG delineator. IEEE Trans Biomed Eng 2004;51:570-581.
 """
 
