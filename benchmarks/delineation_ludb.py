@@ -194,9 +194,14 @@ STATS = ("n", "mean", "sd", "median", "median_abs", "mean_abs", "gt50")
 
 
 def _git_rev() -> str:
+    """HEAD, with "+modified" if the code that makes this table differs from it."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "ecg_world/intervals.py",
+                               "ecg_world/ludb.py", "ecg_world/records.py",
+                               "benchmarks/delineation_ludb.py"], cwd=ROOT)
+        return rev + ("+modified" if diff.returncode else "")
     except Exception:
         return "unknown"
 
