@@ -239,7 +239,7 @@ def _pbar(total, desc, initial=0):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, initial=initial, file=sys.stderr,
-                disable=None, dynamic_ncols=True)
+                disable=False, mininterval=2.0, dynamic_ncols=True)
 
 
 def train(data: str | pathlib.Path, out: str | pathlib.Path, config: TrainConfig = TrainConfig(),
