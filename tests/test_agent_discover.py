@@ -3,9 +3,12 @@
 One process, one fitting configuration, one data shape: the three ground truths
 (Aliev-Panfilov, FitzHugh-Nagumo, Mitchell-Schaeffer, each at parameters away from the
 catalog defaults) share the compiled programs of the three physics topologies, so the
-model-selection runs, the determinism check, the report rebuild and the ablations pay
-for compilation once. The catalog has no closures here (closure methods are in
-tests/test_agent_methods.py).
+model-selection runs, the determinism check, the report rebuild, the grammar methods
+and ablations, the LLM policy (scripted replies and a local fake OpenAI-compatible
+server) and the CLI pay for compilation once (every run pads its groups to the same
+bucket, K = 3). The catalog has no closures here; the methods that compile topologies
+of their own (hand-hybrid, unstructured, neural) and the SIGKILL/resume subprocess test
+are in tests/test_agent_methods.py (slow tier).
 """
 
 from __future__ import annotations
@@ -13,13 +16,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from leads_jax.agent import Budget, Observation, Selection, discover, select, write_report
-from leads_jax.datasets import make_dataset
+from leads_jax.agent import (
+    Budget,
+    LLMPolicy,
+    Observation,
+    OfflinePolicy,
+    Selection,
+    discover,
+    select,
+    write_report,
+)
+from leads_jax.agent._llm import LLMClient
+from leads_jax.datasets import make_dataset, save_dataset
 from leads_jax.fit import FitConfig, load_results
 from leads_jax.geometry import Geometry
 from leads_jax.structure import Catalog
@@ -170,3 +184,202 @@ def test_missing_api_key_is_an_error(data, monkeypatch):
     with pytest.raises(ValueError, match="OPENAI_API_KEY"):
         discover(data["aliev-panfilov"], policy="llm", llm={"model": "openai/gpt-4o-mini"},
                  key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("method", ["leads", "random", "one-round", "no-memory",
+                                    "no-reflection"])
+def test_methods_sharing_the_physics_programs(method, data, tmp_path):
+    """The grammar methods on the same programs (the other methods: test_agent_methods.py,
+    slow tier, each compiles a topology of its own)."""
+    budget = Budget(rounds=2, candidates=3, k=3) if method == "one-round" else BUDGET
+    res = discover(data["aliev-panfilov"], method=method, budget=budget,
+                   key=jax.random.key(1), out=tmp_path / method, catalog=CATALOG,
+                   config=CONFIG, progress=False)
+    assert res.history and len(res.history) <= budget.candidates
+    assert (tmp_path / method / "report.md").exists()
+    assert load_results(tmp_path / method / "results.nc").sizes["candidate"] == len(
+        res.history)
+    assert sum(t["fit_n_train_programs"] for t in res.timings) == 0  # all reused
+    if method == "one-round":
+        assert res.rounds == 1 and len(res.history) == 3
+    if method == "no-reflection":
+        assert not any(t["event"] == "reflect" for t in res.transcript)
+    if method == "no-memory":
+        assert len({o.spec for o in res.history}) <= len(res.history)
+
+
+class _ScriptedClient(LLMClient):
+    """An LLMClient whose replies are scripted (no network: litellm's mock_response)."""
+
+    def __init__(self, replies, **kw):
+        super().__init__("openai/gpt-4o-mini", mock_response="{}", **kw)
+        self.replies = list(replies)
+
+    def _complete(self, messages, response_model):
+        self._mock = self.replies.pop(0) if self.replies else "{}"
+        return super()._complete(messages, response_model)
+
+
+def test_llm_policy_rejects_bad_replies_and_falls_back(data, tmp_path):
+    good = json.dumps({"reflection": "free k", "proposals": [{"parent": 0, "actions": [
+        {"kind": "set_parameter", "name": "k", "mode": "free"},
+        {"kind": "refine", "candidate": 0}]}]})
+    replies = ["not json at all",  # round 0: three invalid replies -> offline fallback
+               json.dumps({"proposals": [{"actions": [{"kind": "launch_rocket"}]}]}),
+               json.dumps({"proposals": [{"parent": None, "actions": [
+                   {"kind": "set_reaction", "reaction": "aliev-panfilov"},
+                   {"kind": "set_parameter", "name": "a", "mode": "free", "value": 9.0}]}]}),
+               json.dumps({"reflection": "AP fits best; try the third cell model"}),
+               good]  # round 1: a valid, new proposal
+    client = _ScriptedClient(replies, max_invalid=3)
+    policy = LLMPolicy(client, fallback=OfflinePolicy())
+    res = discover(data["aliev-panfilov"], policy=policy,
+                   budget=Budget(rounds=2, candidates=4, k=3), key=jax.random.key(0),
+                   out=tmp_path / "llm", catalog=CATALOG, config=CONFIG, progress=False)
+    events = [t for t in res.transcript if t["event"] in ("rejected", "fallback")]
+    assert any(t["event"] == "fallback" and t["round"] == 0 for t in events)
+    assert any("parameter-in-bounds" in json.dumps(t) or "strictly inside" in json.dumps(t)
+               for t in events)
+    assert any(t.get("rule") == "llm-reply" and "JSON" in t["reason"] for t in events)
+    assert any("launch_rocket" in json.dumps(t) for t in events)
+    assert len(res.history) == 4
+    assert "set_parameter(name=k" in res.history[3].origin  # the LLM's proposal
+    reflections = [t["text"] for t in res.transcript if t["event"] == "reflect"]
+    assert reflections[0] == "AP fits best; try the third cell model"
+    report = (tmp_path / "llm" / "report.md").read_text()
+    assert "fallback" in report
+
+
+def test_llm_budget_spent_stops_asking(data, tmp_path):
+    client = _ScriptedClient([], max_tokens=1)
+    client.total_prompt_tokens = 5  # already over budget
+    policy = LLMPolicy(client)
+    res = discover(data["aliev-panfilov"], policy=policy,
+                   budget=Budget(rounds=1, candidates=3, k=3), key=jax.random.key(0),
+                   catalog=CATALOG, config=CONFIG, progress=False)
+    assert policy.stopped and any("budget" in n for n in res.notes)
+    assert client.n_requests == 0
+
+
+def test_cli_discover_and_report(data, tmp_path, capsys):
+    from leads_jax.cli import main
+
+    path = save_dataset(data["aliev-panfilov"], tmp_path / "data.nc")
+    out = tmp_path / "run"
+    args = ["discover", "--data", path, "--out", str(out), "--budget-rounds", "1",
+            "--budget-candidates", "3", "--per-round", "3", "--steps", "30",
+            "--learning-rate", "0.03", "--without", "fenton-karma,bueno-orovio", "--quiet",
+            "--no-compile-cache"]
+    # Same fitting settings as CONFIG except dt and patience: the CLI uses defaults.
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "selected candidate" in text and "report:" in text
+    assert main(["discover", "--data", path, "--out", str(out), "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["discover", "--data", path, "--out", str(tmp_path / "x"), "--policy",
+                 "psychic"]) == 2
+    assert main(["discover", "--data", path, "--out", str(tmp_path / "x"),
+                 "--budget-rounds", "0"]) == 2
+    assert main(["report", str(out)]) == 0
+
+
+class _FakeOpenAI:
+    """A local OpenAI-compatible /v1/chat/completions endpoint replaying a script:
+    ``{"content": str, "usage": (prompt, completion)}``, ``{"status": 429 | 500}`` or
+    ``{"delay": s, ...}``; after the script, 500s."""
+
+    def __init__(self, script):
+        import http.server
+        import threading
+
+        self.script, self.requests = list(script), []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(n) or b"{}")
+                fake.requests.append(body)
+                step = fake.script.pop(0) if fake.script else {"status": 500}
+                time.sleep(step.get("delay", 0))
+                status = step.get("status", 200)
+                if status != 200:
+                    payload = json.dumps({"error": {"message": f"scripted {status}",
+                                                    "type": "server_error"}}).encode()
+                else:
+                    p, c = step.get("usage", (50, 20))
+                    payload = json.dumps({
+                        "id": "x", "object": "chat.completion", "created": 0,
+                        "model": body.get("model", "fake"),
+                        "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                            "role": "assistant", "content": step["content"]}}],
+                        "usage": {"prompt_tokens": p, "completion_tokens": c,
+                                  "total_tokens": p + c}}).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_llm_discovery_end_to_end_against_a_local_server(data, tmp_path, monkeypatch):
+    secret = "sk-LEADS-TEST-SECRET-0123456789abcdef"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    marker = tmp_path / "EXECUTED"
+    valid = json.dumps({"reflection": "", "proposals": [{"parent": 0, "actions": [
+        {"kind": "set_parameter", "name": "k", "mode": "free"}]}]})
+    server = _FakeOpenAI([
+        {"content": f"__import__('os').system('touch {marker}') {{oops"},  # malformed JSON
+        {"content": json.dumps({"proposals": [{"actions": [{"kind": "exec", "code": "1"}]}]})},
+        {"content": json.dumps({"proposals": [{"parent": 7, "actions": [  # no candidate 7
+            {"kind": "set_parameter", "name": "a", "mode": "free"}]}]})},
+        {"delay": 1.5, "content": "{}"},  # round 0 reflection: times out ...
+        {"status": 429}, {"status": 500},  # ... then 429 and 500 ...
+        {"content": json.dumps({"reflection": "MS next"})},  # ... then a reflection
+        {"content": valid, "usage": (2_000_000, 10)},  # round 1: valid, over the budget
+    ])
+    try:
+        res = discover(data["aliev-panfilov"], policy="llm",
+                       budget=Budget(rounds=3, candidates=5, k=3, max_cost=0.05,
+                                     patience=None),
+                       llm={"model": "openai/gpt-4o-mini", "api_base": server.url,
+                            "timeout_s": 0.5, "max_retries": 3, "backoff_s": 0.01},
+                       key=jax.random.key(0), out=tmp_path / "run", catalog=CATALOG,
+                       config=CONFIG, progress=False)
+    finally:
+        server.close()
+    assert not marker.exists()  # nothing in a reply is executed
+    ev = res.transcript
+    rejected = [t for t in ev if t["event"] == "rejected"]
+    assert any("not valid JSON" in t.get("reason", "") for t in rejected)
+    assert any("exec" in json.dumps(t) for t in rejected)
+    assert any("no candidate 7" in json.dumps(t) for t in rejected)
+    assert any(t["event"] == "fallback" and t["round"] == 0 for t in ev)
+    kinds = [t.get("kind") for t in ev if t["event"] == "llm-error"]
+    assert {"Timeout", "RateLimitError", "InternalServerError"} <= set(kinds)
+    assert [t["text"] for t in ev if t["event"] == "reflect"][0] == "MS next"
+    assert [o.round for o in res.history] == [0, 0, 0, 1, 2]
+    assert "set_parameter(name=k" in res.history[3].origin  # the LLM's proposal
+    assert any("budget" in n for n in res.notes)  # stopped asking after the costly reply
+    assert any(t["event"] == "fallback" and t["round"] == 2 for t in ev)
+    n_requests = len(server.requests)
+    assert n_requests == 8  # nothing sent once the budget was spent
+    assert (tmp_path / "run" / "round_001" / "llm_transcript.json").exists()
+    for f in (tmp_path / "run").rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".jsonl", ".md"):
+            assert secret not in f.read_text(errors="replace"), f

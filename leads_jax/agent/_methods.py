@@ -17,7 +17,8 @@ Every method runs through the same loop, the same fitting engine and the same bu
                    structured action space.)
 ``random``         random search over the grammar (:class:`~leads_jax.agent.RandomPolicy`)
 ``neural``         a purely neural (graph) ODE, no physics
-                   (:mod:`leads_jax.agent._neural`), widths 16, 32, 64 ...
+                   (:mod:`leads_jax.agent._neural`), width 32, one candidate per
+                   initialisation seed
 ``one-round``      LEADS without iterative reasoning: the whole candidate budget in one
                    round (the policy proposes blind)
 ``no-memory``      LEADS whose policy sees only the last round and whose memory does
@@ -153,17 +154,22 @@ def _llm_expressions(llm: LLMPolicy, context, k, names, n_params, events) -> lis
 
 
 class _NeuralPolicy(Policy):
+    """Pure neural ODEs: width 32, two hidden layers, one candidate per initialisation
+    seed (one topology, so one compilation), as many as the budget allows."""
+
     name = "neural"
-    WIDTHS = (16, 32, 64, 128)
+    WIDTH = 32
 
     def propose(self, context, k, *, key):
-        out = []
-        for w in self.WIDTHS:
-            p = ModelProposal(kind="neural", spec={"width": w, "n_states": 2},
-                              rationale=f"neural ODE, width {w}")
+        out, seed = [], 0
+        while len(out) < k and seed < 1000:
+            p = ModelProposal(kind="neural", spec={"width": self.WIDTH, "n_states": 2,
+                                                   "seed": seed},
+                              rationale=f"neural ODE, width {self.WIDTH}, seed {seed}")
+            seed += 1
             if candidate_key(p) not in context.tried:
                 out.append(p)
-        return out[:k]
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +223,8 @@ class MethodSpec:
                                     n_params=int(spec["n_params"]))
         if kind == "neural":
             return neural_ode_model(data.geometry, int(spec.get("n_states", 2)),
-                                    int(spec["width"]), key=key)
+                                    int(spec["width"]),
+                                    key=jax.random.key(int(spec.get("seed", 0))))
         raise ValueError(f"unknown model kind {kind!r} in a candidate spec")
 
     def notes(self, policy) -> list[str]:

@@ -213,7 +213,10 @@ def write_report(outp) -> dict:
     tot_c = sum(t["fit_compile_seconds"] + t["observe_compile_seconds"] for t in timings)
     tot_t = sum(t["train_seconds"] for t in timings)
     L.append("")
-    L.append(f"Total: compile {_f(tot_c, 3)} s, train {_f(tot_t, 3)} s.")
+    L.append(f"Total: compile {_f(tot_c, 3)} s, train {_f(tot_t, 3)} s. Compile seconds are "
+             "JAX's backend compilations, summed over the threads that fit a round's topology "
+             "groups concurrently; train = fit wall time - compile (floored at 0); "
+             "'training' programs count one per newly compiled topology group.")
     L += ["", "## Reflections", ""]
     for t in transcript:
         if t.get("event") == "reflect":
