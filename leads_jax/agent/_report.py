@@ -249,20 +249,29 @@ def _figures(outp: pathlib.Path, obs, final) -> dict:
     # search tree with scores
     fig, ax = plt.subplots(figsize=(7, 4))
     by_id = {o.id: o for o in obs}
+    def _y(o):
+        return o.val_rmse if math.isfinite(o.val_rmse) and o.val_rmse > 0 else np.nan
+
     for o in obs:
-        y = o.val_rmse if math.isfinite(o.val_rmse) else np.nan
+        y = _y(o)
         if o.parent is not None and o.parent in by_id:
-            p = by_id[o.parent]
-            ax.plot([p.round, o.round], [p.val_rmse, y], color="0.7", lw=0.8, zorder=1)
-        ax.scatter([o.round], [y], c="C0" if o.stable else "C3", s=18, zorder=2)
-        ax.annotate(f"#{o.id}", (o.round, y), fontsize=6, xytext=(3, 2),
-                    textcoords="offset points")
+            ax.plot([by_id[o.parent].round, o.round], [_y(by_id[o.parent]), y], color="0.7",
+                    lw=0.8, zorder=1)
+        if math.isfinite(y):
+            ax.scatter([o.round], [y], c="C0" if o.stable else "C3", s=18, zorder=2)
+            ax.annotate(f"#{o.id}", (o.round, y), fontsize=6, xytext=(3, 2),
+                        textcoords="offset points")
     if final.get("best_id") is not None and final["best_id"] in by_id:
         b = by_id[final["best_id"]]
         ax.scatter([b.round], [b.val_rmse], marker="*", s=140, c="C2", zorder=3,
                    label="selected")
         ax.legend(fontsize=7)
-    ax.set_yscale("log")
+    finite = [o.val_rmse for o in obs if math.isfinite(o.val_rmse) and o.val_rmse > 0]
+    if finite:
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "no finite validation error", transform=ax.transAxes,
+                ha="center")
     ax.set_xlabel("round")
     ax.set_ylabel("validation RMSE (mV)")
     ax.set_title("search tree (edges: parent -> child; red: unstable)", fontsize=9)
