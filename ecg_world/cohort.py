@@ -362,7 +362,7 @@ def synthesize_batch(
                  "attrs calibrated_block_max, by more than 5%)",
     }
     return ECGBatch(
-        signals=jnp.asarray(wave, jnp.float32), baseline_signals=jnp.asarray(base_wave),
+        signals=jnp.asarray(wave, jnp.float32), baseline_signals=_f32(base_wave),
         intervals=ivj, baseline_intervals=jax.tree_util.tree_map(f32, base_iv),
         dqtcf=f32(dqtcf), labels=RiskLabels.from_intervals(ivj, f32(dqtcf)),
         drug=jnp.asarray(np.broadcast_to(drug_ids[None, :, None], shape), jnp.int32),
