@@ -65,12 +65,9 @@ def test_hand_simulated_recording_fits_with_finite_scores(cell, tmp_path):
     s = Structure.make("mitchell-schaeffer", "none", free=("tau_close", "tau_out"),
                        values={"tau_close": 80.0})
     model = with_observation_gain(compile_structure(s, data.geometry, key=jax.random.key(0)))
-    # max_steps covers the whole record: fit_group currently sizes the rollout that
-    # evaluates the validation window by the training horizon only, and a validation
-    # window after t_train (every recording split by beat or time) then hits max_steps.
-    max_steps = int(math.ceil(float(data.time[-1]) / model.default_dt)) + 2
-    res = fit([model], data, FitConfig(steps=30, eval_every=10, learning_rate=5e-2,
-                                       max_steps=max_steps),
+    # default max_steps: the rollout that scores the validation window (after t_train) is
+    # sized by the longer of the train and val windows
+    res = fit([model], data, FitConfig(steps=30, eval_every=10, learning_rate=5e-2),
               key=jax.random.key(1), progress=False)
     d = res.dataset
     for k in ("train_rmse", "val_rmse", "test_rmse"):

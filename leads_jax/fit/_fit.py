@@ -405,7 +405,10 @@ def fit_group(plan: FitPlan, group: FitGroup, *, key,
 
     # max_steps bounds the solve (and sizes the checkpointing of reverse mode);
     # the full training horizon bounds the curriculum's shorter stages too.
-    rollout = rollout_for(plan.train.ts)
+    # Validation shares this rollout (train_members evaluates it every chunk), so size it by
+    # the longer of the two: a time-window split (a recording) has val *after* train.
+    fitted_ts = [plan.train.ts] + ([plan.val.ts] if plan.val is not None else [])
+    rollout = rollout_for(max(fitted_ts, key=lambda t: float(t[-1] - t[0])))
     owner_arr = np.asarray(owner + [-1] * pad)
     idx = group.candidates
 
