@@ -225,12 +225,14 @@ def member_step(params, opt_state, status: MemberStatus, rest, context, data, *,
         status,
         (
             status.alive & ~dies,
-            jnp.where(dies, reason, status.reason),
-            jnp.where(dies, t_div, status.t_diverged),
+            jnp.where(dies, reason, status.reason).astype(status.reason.dtype),
+            # the status keeps its own dtypes (float32), whatever the solver's time dtype
+            # (float64 under JAX_ENABLE_X64): it is a scan carry
+            jnp.where(dies, t_div, status.t_diverged).astype(status.t_diverged.dtype),
             status.steps + do.astype(jnp.int32),
         ),
     )
-    recorded = jnp.where(active, jnp.where(ok, loss, jnp.inf), jnp.nan)
+    recorded = jnp.where(active, jnp.where(ok, loss, jnp.inf), jnp.nan).astype(jnp.float32)
     return params, opt_state, status, recorded
 
 

@@ -355,7 +355,11 @@ def _perturb_members(stacked, key, codes, scales):
     ``perturb(fold_in(fold_in(key, codes[m]), 7), scales[m])`` (scale 0: unchanged)."""
     def one(model, code, scale):
         k = jax.random.fold_in(jax.random.fold_in(key, code), 7)
-        return model.perturb(k, scale)
+        new = model.perturb(k, scale)
+        # a restart keeps the member's dtypes (random draws are float64 under
+        # JAX_ENABLE_X64; the parameters stay what the model was built with)
+        return jax.tree.map(lambda a, b: a.astype(b.dtype) if eqx.is_array(a) else a,
+                            new, model)
 
     return eqx.filter_vmap(one)(stacked, codes, scales)
 
