@@ -227,3 +227,20 @@ def test_readme_recording_example_runs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "train None 310.0" in out and "val 310.0 460.0" in out
     assert load_recording(tmp_path / "recording.nc").t_train == 310.0
+
+
+def test_agent_reads_an_imported_recording_with_its_windows(cell, tmp_path):
+    """`leads discover --data` on a file from `leads import`: the agent's reader keeps the
+    recording's validation and held-out time windows (FitData.from_dataset alone would see
+    one all-train split and reject the file for lacking a validation split)."""
+    from leads_jax.agent._data import discovery_data
+
+    t, vm, onsets = cell
+    path = save_recording(from_recording(vm, time=t, pacing={"times": onsets,
+                                                             "duration": 1.0}),
+                          tmp_path / "rec.nc")
+    with pytest.raises(ValueError, match="validation"):
+        discovery_data(FitData.from_dataset(path))
+    dd = discovery_data(str(path))
+    assert list(dd.fit_data.splits) == ["train", "val", "test"]
+    assert dd.fit_data.splits["val"].t_start == pytest.approx(dd.t_train)

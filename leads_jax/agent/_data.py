@@ -29,6 +29,7 @@ import xarray as xr
 
 from ..datasets import TEST, VAL, FitData
 from ..geometry import Geometry
+from ..recording import load_recording
 from ._observe import measure_traces
 
 __all__ = ["DiscoveryData", "RolloutData", "discovery_data", "estimate_noise", "fit_dt"]
@@ -118,11 +119,11 @@ def discovery_data(data, *, require_val: bool = True) -> DiscoveryData:
             raise FileNotFoundError(f"discover: no dataset at {path!r}")
         with xr.open_dataset(path, engine="h5netcdf") as f:
             ds = f.load()
-        fd = FitData.from_dataset(ds)
+        fd = load_recording(ds)  # reads split windows (leads import); else from_dataset
         source = path
     elif isinstance(data, xr.Dataset):
         ds = data
-        fd = FitData.from_dataset(ds)
+        fd = load_recording(ds)  # reads split windows (leads import); else from_dataset
         source = str(ds.attrs.get("description", "in-memory dataset"))
     else:
         raise ValueError(f"discover: data must be a FitData, an xarray.Dataset or the path "
