@@ -246,6 +246,9 @@ def write(rows, device, out: pathlib.Path, load, n_files):
         "and lowers each program (the vmapped reverse-mode diffrax solve) to compute its cache "
         "key, and that Python time is most of the warm row.",
         "",
+        (f"Target of the architecture issue (warm >= 3x faster than cold): "
+         f"{'met' if cold / warm >= 3.0 else '**missed**'} ({cold / warm:.1f}x)."),
+        "",
         "What stays a compilation: a new topology (reaction model, diffusion kind, closure "
         "targets and hidden widths), a new bucket size, `eval_every`, the solver, `dt`, the "
         "record length, `clip_norm` and the APHYNITY switch. What is data: learning rate, "
