@@ -112,7 +112,8 @@ def make_split(n_time=20, sites=(0, N_NODES - 1), noise=0.0, seed=0):
     true = ToyCable.make(TRUE)
     obs = jax.vmap(lambda i: ROLLOUT(true, CONTEXT, i, ts).observed)(inputs)
     if noise:
-        obs = obs + noise * jax.random.normal(jax.random.key(seed), obs.shape)
+        # float32 draw: the same noise realisation whatever JAX_ENABLE_X64 says
+        obs = obs + noise * jax.random.normal(jax.random.key(seed), obs.shape, jnp.float32)
     return SplitData(inputs, obs, ts)
 
 
