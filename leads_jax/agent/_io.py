@@ -29,26 +29,16 @@ import math
 import os
 import pathlib
 import shutil
-import tempfile
+
+from ..fit._io import atomic_write_bytes
 
 __all__ = ["atomic_write_text", "finished_rounds", "read_json", "round_dir", "write_json"]
 
 
 def atomic_write_text(path, text: str) -> pathlib.Path:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write `text` (UTF-8) to `path` atomically (the fitting engine's writer)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return pathlib.Path(path)
 
 
 def _clean(x):
