@@ -188,6 +188,22 @@ class AbstractBoundModel(eqx.Module):
         return dy
 
 
+class AbstractPlainBoundModel(AbstractBoundModel):
+    """A bound model with no neural closures and no gated states (plain vector fields,
+    free-form expressions, purely neural models): subclasses implement :meth:`rates`
+    only; the closure and gate members here are final."""
+
+    def closure_rates(self, t, y):
+        return None
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        return ()
+
+    def gate_inf_tau(self, y):
+        return None, None
+
+
 class AbstractCompiledModel(eqx.Module):
     """Everything :func:`~leads_jax.simulate.simulate`, :func:`~leads_jax.fit.fit` and the
     stability audit need from a model, so that grammar structures
@@ -562,7 +578,7 @@ def compile_structure(structure: Structure, geometry, *, key: PRNGKeyArray) -> H
 # ---------------------------------------------------------------------------------------
 # the generic path (baselines that are not sentences of the grammar)
 # ---------------------------------------------------------------------------------------
-class BoundVectorField(AbstractBoundModel):
+class BoundVectorField(AbstractPlainBoundModel):
     """A :class:`VectorFieldModel` on one geometry (no closures, no gates)."""
 
     fn: Callable = eqx.field(static=True)
@@ -571,16 +587,6 @@ class BoundVectorField(AbstractBoundModel):
 
     def rates(self, t, y):
         return self.fn(t, y, self.params, self.geometry)
-
-    def closure_rates(self, t, y):
-        return None
-
-    @property
-    def gate_names(self) -> tuple[str, ...]:
-        return ()
-
-    def gate_inf_tau(self, y):
-        return None, None
 
 
 class VectorFieldModel(AbstractCompiledModel):
@@ -823,6 +829,7 @@ def replace_parameters(model: HybridModel, **values) -> HybridModel:
 __all__ = [
     "AbstractBoundModel",
     "AbstractCompiledModel",
+    "AbstractPlainBoundModel",
     "BoundHybridModel",
     "BoundVectorField",
     "HybridModel",

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Float, Int, PRNGKeyArray
-from ..compile import AbstractBoundModel, AbstractCompiledModel
+from ..compile import AbstractCompiledModel, AbstractPlainBoundModel
 
 __all__ = [
     "FUNCTIONS",
@@ -464,7 +464,7 @@ def evaluate_program(
 # ---------------------------------------------------------------------------------------
 # the compiled model
 # ---------------------------------------------------------------------------------------
-class BoundExpressionModel(AbstractBoundModel):
+class BoundExpressionModel(AbstractPlainBoundModel):
     """An :class:`ExpressionModel` on one geometry (no closures, no gates)."""
 
     program: Program
@@ -481,16 +481,6 @@ class BoundExpressionModel(AbstractBoundModel):
         p = jnp.broadcast_to(self.params[:, None], (self.params.shape[0], n)).astype(y.dtype)
         table = jnp.concatenate([y, lap, p], axis=0)
         return evaluate_program(self.program, table).astype(y.dtype)
-
-    def closure_rates(self, t, y):
-        return None
-
-    @property
-    def gate_names(self) -> tuple[str, ...]:
-        return ()
-
-    def gate_inf_tau(self, y):
-        return None, None
 
 
 class ExpressionModel(AbstractCompiledModel):

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Float, PRNGKeyArray
-from ..compile import AbstractBoundModel, AbstractCompiledModel
+from ..compile import AbstractCompiledModel, AbstractPlainBoundModel
 from ..physics.closures import MLP
 from ..physics.diffusion import AbstractDiffusion, NeuralGraphDiffusion, NoDiffusion
 from ..solvers import solver_spec
@@ -40,8 +40,9 @@ from ..solvers import solver_spec
 __all__ = ["BoundNeuralODE", "NeuralODEModel", "neural_ode_model"]
 
 
-class BoundNeuralODE(AbstractBoundModel):
-    """A :class:`NeuralODEModel` on one geometry."""
+class BoundNeuralODE(AbstractPlainBoundModel):
+    """A :class:`NeuralODEModel` on one geometry (no closures: there is no physics for a
+    closure to correct)."""
 
     mlp: MLP
     rate_scale: Float[Array, ""]
@@ -57,16 +58,6 @@ class BoundNeuralODE(AbstractBoundModel):
         if not isinstance(self.diffusion, NoDiffusion):
             dy = dy.at[0].add(self.diffusion(y[0], self.geometry, self.conductivity))
         return dy.astype(y.dtype)
-
-    def closure_rates(self, t, y):
-        return None  # there is no physics for a closure to correct
-
-    @property
-    def gate_names(self) -> tuple[str, ...]:
-        return ()
-
-    def gate_inf_tau(self, y):
-        return None, None
 
 
 class NeuralODEModel(AbstractCompiledModel):
