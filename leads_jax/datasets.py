@@ -106,11 +106,10 @@ __all__ = [
 
 FORMAT = "leads-jax ground truth"
 FORMAT_VERSION = 1
-REQUIRED_VARIABLES = (
+#: Variables a dataset needs for fitting (no ground truth: ``true_state``,
+#: ``true_parameters`` and ``observed_clean`` are optional).
+FIT_VARIABLES = (
     "observed",
-    "observed_clean",
-    "true_state",
-    "true_parameters",
     "stim_sites",
     "stim_onsets",
     "stim_amplitude",
@@ -121,6 +120,9 @@ REQUIRED_VARIABLES = (
     "geom_mass",
     "geom_regions",
 )
+#: Variables of a ground-truth dataset (:func:`make_dataset`): the fitting ones plus the
+#: truth (noise-free observation, true states and parameters).
+REQUIRED_VARIABLES = FIT_VARIABLES + ("observed_clean", "true_state", "true_parameters")
 REQUIRED_ATTRS = (
     "structure",
     "t_train",
@@ -680,20 +682,6 @@ def split_dataset(ds: xr.Dataset, split: str = "train", *, horizon: str = "train
 # ----------------------------------------------------------------------------------
 # the typed hand-off to the fitting engine
 # ----------------------------------------------------------------------------------
-#: Variables a dataset needs for fitting (no ground truth: ``true_state``,
-#: ``true_parameters`` and ``observed_clean`` are optional).
-FIT_VARIABLES = (
-    "observed",
-    "stim_sites",
-    "stim_onsets",
-    "stim_amplitude",
-    "stim_duration",
-    "geom_vertices",
-    "geom_edges",
-    "geom_edge_weights",
-    "geom_mass",
-    "geom_regions",
-)
 #: Standard split names. ``train`` is fitted; ``val`` drives early stopping and model
 #: selection; every other split is an audit split (held out); ``test`` gives ``test_rmse``.
 TRAIN, VAL, TEST = "train", "val", "test"
