@@ -876,9 +876,15 @@ class FitData:
 
         Needs the :data:`FIT_VARIABLES`, the ``time``/``split``/``pacing_site``
         coordinates and the ``t_train`` attribute (ground-truth variables are optional).
-        Splits: ``train`` and ``val`` samples over the training horizon, ``test`` samples
-        over the whole record, and ``"train sites, test horizon"``. `geometry`, when
-        given, must equal the stored one (it is checked, never silently replaced).
+        Splits: the ``splits`` attribute when the dataset has one (JSON ``{name:
+        {"samples": [...], "t_end": ms, "t_start": ms or null}}``, what
+        :func:`~leads_jax.recording.save_recording` writes: a recording's windows in
+        time), else from the ``split`` labels: ``train`` and ``val`` samples over the
+        training horizon, ``test`` samples over the whole record, and ``"train sites,
+        test horizon"``. Provenance: the ``provenance_*`` attributes when present (else
+        ``description`` and ``structure``); ``warnings``: the JSON attribute of that name.
+        `geometry`, when given, must equal the stored one (it is checked, never silently
+        replaced).
         """
         if isinstance(ds, (str, os.PathLike)):
             path = os.fspath(ds)
@@ -895,21 +901,29 @@ class FitData:
         geo = stored if geometry is None else _same_geometry(geometry, stored)
         t = np.asarray(ds["time"].values, dtype=np.float64)
         t_train = _float_field("attribute t_train", ds.attrs["t_train"])
-        labels = np.asarray(ds["split"].values).astype(str)
-        splits = {}
-        for name, horizon in ((TRAIN, t_train), (VAL, t_train), (TEST, float(t[-1])),
-                              (EXTRAPOLATION, float(t[-1]))):
-            lab = TRAIN if name == EXTRAPOLATION else name
-            idx = np.flatnonzero(labels == lab)
-            if idx.size:
-                splits[name] = DataSplit(tuple(idx.tolist()), horizon)
-        if TRAIN not in splits:
-            raise ValueError("the dataset has no 'train' samples")
+        if "splits" in ds.attrs:
+            splits = _stored_splits(ds.attrs["splits"])
+        else:
+            labels = np.asarray(ds["split"].values).astype(str)
+            splits = {}
+            for name, horizon in ((TRAIN, t_train), (VAL, t_train), (TEST, float(t[-1])),
+                                  (EXTRAPOLATION, float(t[-1]))):
+                lab = TRAIN if name == EXTRAPOLATION else name
+                idx = np.flatnonzero(labels == lab)
+                if idx.size:
+                    splits[name] = DataSplit(tuple(idx.tolist()), horizon)
+            if TRAIN not in splits:
+                raise ValueError("the dataset has no 'train' samples")
         dt = float(ds.attrs.get("dt", 0.0) or 0.0)
-        provenance = {
+        provenance = {k[len("provenance_"):]: str(v) for k, v in ds.attrs.items()
+                      if k.startswith("provenance_")} or {
             "description": str(ds.attrs.get("description", "")),
             "true_structure": str(ds.attrs.get("structure", "")),
         }
+        try:
+            notes = tuple(str(w) for w in json.loads(ds.attrs.get("warnings", "[]")))
+        except (TypeError, ValueError):
+            raise ValueError("attribute 'warnings' is not a JSON list of strings") from None
         return cls(
             geometry=geo,
             time=t,
@@ -920,7 +934,22 @@ class FitData:
             dt=dt if dt > 0 else None,
             pacing_site=tuple(str(x) for x in np.asarray(ds["pacing_site"].values)),
             provenance=provenance,
+            warnings=notes,
         )
+
+
+def _stored_splits(text) -> dict[str, DataSplit]:
+    """The ``splits`` attribute (JSON) as DataSplits, or a clear error."""
+    try:
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise TypeError("not an object")
+        return {str(k): DataSplit(tuple(v["samples"]), v["t_end"], v.get("t_start"))
+                for k, v in raw.items()}
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ValueError(
+            "attribute 'splits' is not valid split JSON ({name: {'samples': [...], 't_end': "
+            f"ms, 't_start': ms or null}}): {e}") from None
 
 
 def _validate_fit_variables(ds: xr.Dataset) -> None:

@@ -98,7 +98,6 @@ from .datasets import (
     DataSplit,
     FitData,
     _geometry_variables,
-    geometry_from_dataset,
     save_dataset,
 )
 from .geometry import Geometry
@@ -683,33 +682,11 @@ def save_recording(data: FitData, path: str | os.PathLike) -> str:
 
 def load_recording(path_or_ds) -> FitData:
     """Read a recording written by :func:`save_recording` (or ``leads import``), with its
-    split windows; datasets without a ``splits`` attribute are read by
-    :meth:`FitData.from_dataset`."""
-    if isinstance(path_or_ds, xr.Dataset):
-        ds = path_or_ds
-    else:
-        path = os.fspath(path_or_ds)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no recording at {path!r}")
-        with xr.open_dataset(path, engine="h5netcdf") as f:
-            ds = f.load()
-    base = FitData.from_dataset(ds)
-    if "splits" not in ds.attrs:
-        return base
-    try:
-        raw = json.loads(ds.attrs["splits"])
-        splits = {k: DataSplit(tuple(v["samples"]), v["t_end"], v.get("t_start"))
-                  for k, v in raw.items()}
-    except (TypeError, ValueError, KeyError) as e:
-        raise ValueError(f"attribute 'splits' is not valid split JSON ({e})") from None
-    prov = {k[len("provenance_"):]: str(v) for k, v in ds.attrs.items()
-            if k.startswith("provenance_")} or dict(base.provenance)
-    notes = tuple(json.loads(ds.attrs.get("warnings", "[]")))
-    return FitData(
-        geometry=geometry_from_dataset(ds), time=base.time, observed=base.observed,
-        stimuli=base.stimuli, splits=splits, t_train=float(ds.attrs["t_train"]), dt=base.dt,
-        pacing_site=base.pacing_site, provenance=prov, warnings=notes,
-    )
+    split windows: :meth:`FitData.from_dataset`, which reads the stored splits of any
+    dataset that has them."""
+    if not isinstance(path_or_ds, xr.Dataset) and not os.path.exists(os.fspath(path_or_ds)):
+        raise FileNotFoundError(f"no recording at {os.fspath(path_or_ds)!r}")
+    return FitData.from_dataset(path_or_ds)
 
 
 # ---------------------------------------------------------------------------------------

@@ -185,6 +185,28 @@ def test_bad_inputs_are_named(cell, tmp_path):
     assert any("zero everywhere" in w for w in silent.warnings)
 
 
+def test_stored_splits_are_read_by_from_dataset(cell, tmp_path):
+    """The split windows of a saved recording are read by FitData.from_dataset itself: a
+    file opened with plain xarray (or its path) gives the splits, provenance and warnings
+    that were saved; a damaged ``splits`` attribute is a named error."""
+    t, vm, onsets = cell
+    data = from_recording(vm, time=t, pacing={"times": onsets, "duration": 1.0})
+    path = save_recording(data, tmp_path / "rec.nc")
+    with xr.open_dataset(path, engine="h5netcdf") as f:
+        ds = f.load()
+    for back in (FitData.from_dataset(ds), FitData.from_dataset(path), load_recording(path)):
+        assert back.splits == data.splits
+        assert back.splits["val"].t_start == data.t_train  # a window in time, not labels
+        assert (back.t_train, back.provenance, back.warnings) == (
+            data.t_train, data.provenance, data.warnings)
+    for bad in ("not json", json.dumps([1, 2]), json.dumps({"train": {"t_end": 5.0}})):
+        with pytest.raises(ValueError, match="attribute 'splits' is not valid split JSON"):
+            FitData.from_dataset(ds.assign_attrs(splits=bad))
+    outside = json.dumps({"train": {"samples": [3], "t_end": 300.0, "t_start": None}})
+    with pytest.raises(ValueError, match=r"sample\(s\) \[3\] outside"):
+        FitData.from_dataset(ds.assign_attrs(splits=outside))
+
+
 def test_single_cell_geometry_round_trips():
     g = Geometry.single_cell()
     assert (g.n_nodes, g.n_edges, g.kind) == (1, 0, "single-cell")
@@ -231,16 +253,15 @@ def test_readme_recording_example_runs(tmp_path, monkeypatch, capsys):
 
 def test_agent_reads_an_imported_recording_with_its_windows(cell, tmp_path):
     """`leads discover --data` on a file from `leads import`: the agent's reader keeps the
-    recording's validation and held-out time windows (FitData.from_dataset alone would see
-    one all-train split and reject the file for lacking a validation split)."""
+    recording's validation and held-out time windows (read by FitData.from_dataset, so the
+    path and the FitData read from it give the same splits)."""
     from leads_jax.agent._data import discovery_data
 
     t, vm, onsets = cell
     path = save_recording(from_recording(vm, time=t, pacing={"times": onsets,
                                                              "duration": 1.0}),
                           tmp_path / "rec.nc")
-    with pytest.raises(ValueError, match="validation"):
-        discovery_data(FitData.from_dataset(path))
     dd = discovery_data(str(path))
+    assert discovery_data(FitData.from_dataset(path)).fit_data.splits == dd.fit_data.splits
     assert list(dd.fit_data.splits) == ["train", "val", "test"]
     assert dd.fit_data.splits["val"].t_start == pytest.approx(dd.t_train)
