@@ -98,7 +98,7 @@ def bench_jax(sizes, repeats):
     import jax.numpy as jnp
 
     from leads_jax.fit import FitConfig, MemberStatus, stack_members
-    from leads_jax.fit._engine import _chunk_fn, _engine_optimizer, _init_fn, _loss_args
+    from leads_jax.fit._engine import _chunk_fn, _engine_optimizer, _init_fn, _loss_args, _tx_spec
 
     geo, data, rollout, compile_structure = _problem()
     cfg = FitConfig(learning_rate=1e-2, clip_norm=1.0, aphynity_weight=1e-3)
@@ -114,7 +114,7 @@ def bench_jax(sizes, repeats):
 
     # (a) sequential loop, jitted single-candidate step
     n_seq = min(8, n_max)
-    step1 = _chunk_fn(tx, rollout, 1, False)
+    step1 = _chunk_fn(_tx_spec(cfg), rollout, 1, False)
     states = []
     for m in models[:n_seq]:
         p, r = eqx.partition(m, spec)
@@ -137,7 +137,7 @@ def bench_jax(sizes, repeats):
           f"(compile {compile_a:.1f} s, {n_seq} candidates)", flush=True)
 
     # (b) batched engine
-    stepb = _chunk_fn(tx, rollout, 1, True)
+    stepb = _chunk_fn(_tx_spec(cfg), rollout, 1, True)
     for n in sizes:
         stacked = stack_members(models[:n])
         p, r = eqx.partition(stacked, spec)

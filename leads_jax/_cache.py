@@ -13,7 +13,11 @@ and equinox's runtime checks (``eqx.error_if``, used inside diffrax) are host ca
 unless ``EQX_ON_ERROR=nan`` (or ``off``) is set in the environment *before* equinox is
 imported: with it, a failed check gives NaN, which the fitting engine records as
 divergence. And the cache saves compilation, not tracing: each program is still traced
-and lowered to compute its key.
+and lowered to compute its key, which for the fitting engine's large programs is
+most of a warm run. So the engine also keeps those programs, traced and lowered, as
+exported StableHLO (``jax.export``) in ``<folder>/leads_jax_exported/``, and a later
+process calls them without tracing (:mod:`leads_jax.fit._programs` says exactly when a
+program is reused; ``export_programs=False`` turns this off).
 """
 
 from __future__ import annotations
@@ -23,20 +27,34 @@ import pathlib
 
 import jax
 
-__all__ = ["CACHE_ENV", "enable_compilation_cache"]
+__all__ = ["CACHE_ENV", "enable_compilation_cache", "exported_programs_folder"]
 
 CACHE_ENV = "LEADS_JAX_CACHE_DIR"
+_EXPORT = False  # set by enable_compilation_cache(export_programs=...)
+
+
+def exported_programs_folder() -> pathlib.Path | None:
+    """Where the fitting engine keeps its exported programs: ``leads_jax_exported/`` in
+    JAX's cache folder, once :func:`enable_compilation_cache` switched both on (``None``
+    otherwise, the default)."""
+    folder = jax.config.jax_compilation_cache_dir
+    if not _EXPORT or not folder:
+        return None
+    return pathlib.Path(folder) / "leads_jax_exported"
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None, *,
-                             min_compile_time_secs: float = 0.0) -> pathlib.Path | None:
+                             min_compile_time_secs: float = 0.0,
+                             export_programs: bool = True) -> pathlib.Path | None:
     """Switch JAX's persistent compilation cache on, in folder `path` (created).
 
     `path=None` reads ``$LEADS_JAX_CACHE_DIR``; when that is unset or empty too, nothing
     changes and ``None`` is returned. Programs that took at least
     `min_compile_time_secs` to compile are written (default 0: all, since a fitting run
     also compiles many small programs). Call it before the first JAX computation: JAX
-    decides whether to use the cache at its first compilation.
+    decides whether to use the cache at its first compilation. With `export_programs`
+    (default) the fitting engine's training and evaluation programs are also kept in
+    ``<path>/leads_jax_exported/`` so that a new process does not trace them again.
 
     **Returns:** the cache folder, or ``None`` when the cache stays off.
     """
@@ -57,4 +75,6 @@ def enable_compilation_cache(path: str | os.PathLike | None = None, *,
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    global _EXPORT
+    _EXPORT = bool(export_programs)
     return folder

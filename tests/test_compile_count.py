@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 
+import equinox._errors
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from leads_jax import _cache
 from leads_jax.compile import compile_vector_field
 from leads_jax.datasets import FitData, make_dataset
-from leads_jax.fit import FitConfig, fit, fit_group, prepare
+from leads_jax.fit import FitConfig, SimulateRollout, SplitData, _programs, fit, fit_group, prepare
 from leads_jax.geometry import Geometry
 from leads_jax.structure import Structure
 
@@ -140,3 +143,71 @@ def test_fit_in_parts_equals_fit(first, data):
 def test_key_must_be_a_prng_key(data):
     with pytest.raises(ValueError, match=r"key must be a JAX PRNG key.*jax.random.key\(0\)"):
         fit([structure(("a",), 1.0)], data, CFG, key=0)
+
+
+# ------------------------------------------------------------------ exported programs
+def _toy(data, scale, n):
+    """A small engine-like program: a SplitData and traced values in, a pytree out."""
+    y = jnp.tanh(data.targets * scale[0]) * jnp.sum(data.weights) + n
+    return y, {"mean": jnp.mean(y), "ts": data.ts * 2}
+
+
+def test_exported_programs_are_read_back_without_tracing(tmp_path, monkeypatch):
+    """With the persistent cache on (and EQX_ON_ERROR=nan), a program is traced and
+    exported once; a fresh Program (what a new process has) reads it back and runs it
+    without tracing, with the same outputs; other shapes are another program; with
+    EQX_ON_ERROR=raise nothing is exported. (benchmarks/fit_compile.py runs fit this way
+    in new processes: identical validation errors, cold and warm.)"""
+    folder = tmp_path / "exported"
+    monkeypatch.setattr(_cache, "exported_programs_folder", lambda: folder)
+    monkeypatch.setattr(equinox._errors, "EQX_ON_ERROR", "nan")
+    ts = np.linspace(0.0, 4.0, 5, dtype=np.float32)
+    split = SplitData(None, np.ones((2, 5, 3), np.float32), ts)
+    args = (split, jnp.asarray([0.5], jnp.float32), jnp.asarray(2, jnp.int32))
+
+    def out_structure(*_):
+        return jax.tree.structure((0, {"mean": 0, "ts": 0}))
+
+    def program():
+        return _programs.Program(_toy, ("toy-test", 1), out_structure)
+
+    want = _toy(*args)
+    before = _programs.TRACES["toy-test"]
+    got = program()(*args)
+    assert _programs.TRACES["toy-test"] == before + 1
+    assert len(list(folder.glob("*.jaxexport"))) == 1
+    again = program()(*args)  # fresh: read from disk
+    assert _programs.TRACES["toy-test"] == before + 1
+    for a, b, c in zip(jax.tree.leaves(want), jax.tree.leaves(got), jax.tree.leaves(again),
+                       strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-6)
+        np.testing.assert_array_equal(c, b)
+    other = SplitData(None, np.ones((3, 5, 3), np.float32), ts)
+    program()(other, *args[1:])  # another shape: another exported program
+    assert len(list(folder.glob("*.jaxexport"))) == 2
+    for path in folder.glob("*.jaxexport"):  # damaged files: traced again, rewritten
+        path.write_bytes(b"not a program")
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = program()(*args)
+    assert _programs.TRACES["toy-test"] == before + 3
+    np.testing.assert_array_equal(again[0], got[0])
+    monkeypatch.setattr(equinox._errors, "EQX_ON_ERROR", "raise")
+    program()(SplitData(None, np.ones((4, 5, 3), np.float32), ts), *args[1:])
+    assert len(list(folder.glob("*.jaxexport"))) == 2
+
+
+def test_program_identity_is_written_down_or_refused():
+    """What keys an exported program: a rollout by its fields, a library function by its
+    name; a lambda, a local function or an object with an address has no stable identity
+    (such programs are traced as usual, never read back under a wrong key)."""
+    a = _programs._encode(SimulateRollout("rk4", 0.25, 34, False))
+    b = _programs._encode(SimulateRollout("rk4", 0.5, 34, False))
+    assert a != b and "dt=0.25" in json.dumps(a)
+    assert _programs._encode(jax.nn.relu) == ["ref", "jax._src.nn.functions.relu"]
+
+    def local(x):
+        return x
+
+    for obj in (lambda x: x, local, object(), ap_field):
+        with pytest.raises(_programs._Unstable):
+            _programs._encode(obj)

@@ -37,6 +37,7 @@ import optax
 from ..batching import replicate, shard_members, to_device
 from ..codes import ResultCode
 from ._config import FitConfig
+from ._programs import Program
 
 
 class Rollout(eqx.Module):
@@ -141,7 +142,7 @@ def _optimizer(name, clip_norm, learning_rate=1.0):
 
 def _engine_optimizer(config: FitConfig) -> optax.GradientTransformation:
     """The optimizer the compiled programs close over: one per (rule, clipping)."""
-    return _optimizer(config.optimizer, config.clip_norm)
+    return _optimizer(*_tx_spec(config))
 
 
 @functools.lru_cache(maxsize=32)
@@ -244,16 +245,21 @@ def _step(params, opt_state, status, rest, context, data, loss_args, *, tx, roll
                        loss_scale=loss_args[0], aphynity_weight=loss_args[1])
 
 
+def _tx_spec(config: FitConfig) -> tuple:
+    """What the optimizer the compiled programs close over is made of: (rule, clipping)."""
+    return (config.optimizer, config.clip_norm)
+
+
 @functools.lru_cache(maxsize=64)
-def _chunk_fn(tx, rollout, chunk, batched):
+def _chunk_fn(tx_spec, rollout, chunk, batched) -> Program:
     """A jitted function running up to `chunk` optimisation steps (``lax.scan``) for every
     member; the number of steps applied, ``n_active <= chunk``, is a traced argument
-    (the remaining steps are skipped by ``lax.cond``, not computed)."""
-    step = functools.partial(_step, tx=tx, rollout=rollout)
+    (the remaining steps are skipped by ``lax.cond``, not computed). `tx_spec`:
+    :func:`_tx_spec`."""
+    step = functools.partial(_step, tx=_optimizer(*tx_spec), rollout=rollout)
     if batched:
         step = eqx.filter_vmap(step, in_axes=(_in_batched,) * 4 + (None, None, None))
 
-    @eqx.filter_jit
     def run(params, opt_state, status, rest, context, data, n_active, loss_args):
         def body(carry, i):
             def do(c):
@@ -270,11 +276,14 @@ def _chunk_fn(tx, rollout, chunk, batched):
         )
         return params, opt_state, status, losses
 
-    return run
+    def out_structure(params, opt_state, status, *_):
+        return jax.tree.structure((params, opt_state, status, 0))
+
+    return Program(run, ("chunk", tx_spec, rollout, chunk, batched), out_structure)
 
 
 @functools.lru_cache(maxsize=64)
-def _eval_fn(rollout, batched):
+def _eval_fn(rollout, batched) -> Program:
     def one(params, rest, context, data, loss_args):
         loss, (mse, diverged, reason, t_div) = member_loss(
             params, rest, context, data, rollout, loss_args[0], loss_args[1]
@@ -283,7 +292,7 @@ def _eval_fn(rollout, batched):
 
     if batched:
         one = eqx.filter_vmap(one, in_axes=(_in_batched, _in_batched, None, None, None))
-    return eqx.filter_jit(one)
+    return Program(one, ("eval", rollout, batched), lambda *_: jax.tree.structure((0,) * 5))
 
 
 @eqx.filter_jit
@@ -357,7 +366,7 @@ def train_members(
         status = jax.tree.map(lambda x: x[0], MemberStatus.init(1))
     monitor = val if val is not None else train
     evaluate = _eval_fn(rollout, batched)
-    run = _chunk_fn(tx, rollout, config.eval_every, batched)
+    run = _chunk_fn(_tx_spec(config), rollout, config.eval_every, batched)
     patience = config.patience if config.patience is not None else 2**30
     curves, val_losses, val_steps = [], [], []
 
