@@ -6,9 +6,10 @@ catalog defaults) share the compiled programs of the three physics topologies, s
 model-selection runs, the determinism check, the report rebuild, the grammar methods
 and ablations, the LLM policy (scripted replies and a local fake OpenAI-compatible
 server) and the CLI pay for compilation once (every run pads its groups to the same
-bucket, K = 3). The catalog has no closures here; the methods that compile topologies
-of their own (hand-hybrid, unstructured, neural) and the SIGKILL/resume subprocess test
-are in tests/test_agent_methods.py (slow tier).
+bucket, K = 3). So does the SIGKILL/resume test: its uninterrupted reference and its
+resumption run in this process on the same programs; only the killed run, a subprocess,
+compiles. The catalog has no closures here; the methods that compile topologies of their
+own (hand-hybrid, unstructured, neural) are in tests/test_agent_methods.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import jax
@@ -189,8 +195,8 @@ def test_missing_api_key_is_an_error(data, monkeypatch):
 @pytest.mark.parametrize("method", ["leads", "random", "one-round", "no-memory",
                                     "no-reflection"])
 def test_methods_sharing_the_physics_programs(method, data, tmp_path):
-    """The grammar methods on the same programs (the other methods: test_agent_methods.py,
-    slow tier, each compiles a topology of its own)."""
+    """The grammar methods on the same programs (the other methods, each compiling a
+    topology of its own: tests/test_agent_methods.py)."""
     budget = Budget(rounds=2, candidates=3, k=3) if method == "one-round" else BUDGET
     res = discover(data["aliev-panfilov"], method=method, budget=budget,
                    key=jax.random.key(1), out=tmp_path / method, catalog=CATALOG,
@@ -383,3 +389,83 @@ def test_llm_discovery_end_to_end_against_a_local_server(data, tmp_path, monkeyp
     for f in (tmp_path / "run").rglob("*"):
         if f.is_file() and f.suffix in (".json", ".jsonl", ".md"):
             assert secret not in f.read_text(errors="replace"), f
+
+
+# ---------------------------------------------------------------------------------------
+# SIGKILL in the middle of a round, then resume
+# ---------------------------------------------------------------------------------------
+ONE_TOPOLOGY = dataclasses.replace(Catalog.default().only("aliev-panfilov"), closures=(),
+                                   diffusions=("laplacian",))
+RESUME_CONFIG = dataclasses.replace(CONFIG, audit=False)
+RESUME_BUDGET = Budget(rounds=3, candidates=5, k=3, patience=None)
+KILLED_RUN = textwrap.dedent("""
+    import dataclasses, json, sys
+    import jax
+    from leads_jax.agent import Budget, discover
+    from leads_jax.fit import FitConfig
+    from leads_jax.structure import Catalog
+    data, out, config, budget = sys.argv[1], sys.argv[2], *map(json.loads, sys.argv[3:5])
+    catalog = dataclasses.replace(Catalog.default().only("aliev-panfilov"), closures=(),
+                                  diffusions=("laplacian",))
+    discover(data, budget=Budget(**budget), key=jax.random.key(3), out=out, catalog=catalog,
+             config=FitConfig(**config), progress=False)
+""")
+
+
+def _discover_resumable(path, out, resume=False):
+    return discover(path, budget=RESUME_BUDGET, key=jax.random.key(3), out=out,
+                    catalog=ONE_TOPOLOGY, config=RESUME_CONFIG, resume=resume, progress=False)
+
+
+def test_resume_after_sigkill_mid_round(data, tmp_path):
+    """One topology (Aliev-Panfilov physics), rounds 0 and 1. A subprocess is killed
+    with SIGKILL while it fits round 1; resuming continues from round 0 without refitting
+    it and ends with the results of an uninterrupted run (rtol 1e-6). The reference and
+    the resumption run here, on this file's compiled programs; the full three-process
+    version (resumed in a fresh process through the persistent compilation cache) is
+    tests/test_agent_methods.py::test_resume_in_a_fresh_process (slow tier)."""
+    path = save_dataset(data["aliev-panfilov"], tmp_path / "data.nc")
+    ref = _discover_resumable(path, tmp_path / "ref")
+    assert ref.rounds >= 2 and len({o.round for o in ref.history}) >= 2
+    out = tmp_path / "killed"
+    script = tmp_path / "run.py"
+    script.write_text(KILLED_RUN)
+    cfg = json.dumps(RESUME_CONFIG.to_dict())
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as err_file:  # a file, not a pipe: a full pipe would block it
+        proc = subprocess.Popen([sys.executable, str(script), path, str(out), cfg,
+                                 json.dumps(RESUME_BUDGET.to_dict())],
+                                stdout=subprocess.DEVNULL, stderr=err_file)
+    killed_in, deadline = None, time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            p = json.loads((out / "progress.json").read_text())
+        except (OSError, ValueError):
+            p = {}
+        if p.get("round") == 1 and p.get("phase") == "fit":
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_in = p
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    err = errors.read_text()
+    assert killed_in is not None, f"the run ended before round 1 fitted: {err[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "round_000").is_dir() and not (out / "round_001").is_dir()
+    round0 = {f.name: f.read_bytes() for f in (out / "round_000").rglob("*") if f.is_file()}
+    res = _discover_resumable(path, out, resume=True)
+    assert res.resumed_rounds == 1  # round 0 read back ...
+    round0_ids = [o.id for o in res.history if o.round == 0]
+    assert round0_ids and not set(round0_ids) & set(res.fitted_ids)  # ... not refitted
+    assert set(res.fitted_ids) == {o.id for o in res.history if o.round >= 1}
+    assert {f.name: f.read_bytes() for f in (out / "round_000").rglob("*")
+            if f.is_file()} == round0
+    assert not list(out.glob("*.partial"))
+    a, b = load_results(tmp_path / "ref" / "results.nc"), load_results(out / "results.nc")
+    np.testing.assert_array_equal(a["candidate"].values, b["candidate"].values)
+    for v in ("train_rmse", "val_rmse", "heldout_rmse"):
+        np.testing.assert_allclose(b[v].values, a[v].values, rtol=1e-6)
+    np.testing.assert_array_equal(b["selected"].values, a["selected"].values)
+    assert res.test_rmse == pytest.approx(ref.test_rmse, rel=1e-6)
+    assert (tmp_path / "ref" / "transcript.jsonl").read_text() == \
+        (out / "transcript.jsonl").read_text()
