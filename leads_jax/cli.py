@@ -298,9 +298,11 @@ def _cmd_discover(args) -> int:
     enable_cache = getattr(leads_jax, "enable_compilation_cache", None)
     if enable_cache is not None and not args.no_compile_cache:
         enable_cache()  # a resumed or repeated run does not recompile
+    gain = {"auto": None, "on": True, "off": False}[args.observation_gain]
     res = discover(args.data, policy=args.policy, method=args.method, budget=budget,
                    key=jax.random.key(args.seed), out=args.out, resume=args.resume,
-                   catalog=catalog, config=config, llm=llm, progress=not args.quiet)
+                   catalog=catalog, config=config, llm=llm, progress=not args.quiet,
+                   observation_gain=gain)
     if res.best is None:
         print("no stable candidate")
     else:
@@ -457,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--restarts", type=int, default=1)
     d.add_argument("--without", default=None,
                    help="comma-separated catalog terms to remove (misspecified searches)")
+    d.add_argument("--observation-gain", choices=("auto", "on", "off"), default="auto",
+                   help="fit every candidate through a bounded gain and offset to mV; "
+                   "auto (default): on for a recording from 'leads import', off for data "
+                   "simulated by this package")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     d.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -13,6 +13,13 @@ A discovery run needs a validation split (selection is by validation error). The
 level is read from the dataset (``noise_std_mV``) when it says so, and otherwise
 estimated from the data (median absolute second difference in time, Donoho &
 Johnstone 1994, scaled for a second difference: ``sigma = MAD / 0.6745 / sqrt(6)``).
+
+**Observation map.** Data simulated by this package are observed through each catalog
+model's fixed map to mV (e.g. ``-80 + 100 u``). A user's recording
+(:func:`leads_jax.recording.from_recording`, ``leads import``) has no such mapping: its
+candidates are fitted through the bounded gain and offset of
+:func:`leads_jax.recording.with_observation_gain` (``observation_gain``; ``None``:
+decided from the data, on for recordings).
 """
 
 from __future__ import annotations
@@ -29,10 +36,11 @@ import xarray as xr
 
 from ..datasets import TEST, VAL, FitData
 from ..geometry import Geometry
-from ..recording import load_recording
+from ..recording import RECORDING_FORMAT, load_recording
 from ._observe import measure_traces
 
-__all__ = ["DiscoveryData", "RolloutData", "discovery_data", "estimate_noise", "fit_dt"]
+__all__ = ["DiscoveryData", "RolloutData", "discovery_data", "estimate_noise", "fit_dt",
+           "is_recording"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +73,7 @@ class DiscoveryData:
     cv_data: float
     apd_data: float
     source: str
+    observation_gain: bool = False  # candidates fitted through a gain/offset map to mV
 
     def summary(self) -> str:
         fd = self.fit_data
@@ -74,7 +83,9 @@ class DiscoveryData:
                 f"{splits}; training horizon {self.t_train:g} ms, record "
                 f"{float(fd.time[-1]):g} ms; noise {self.noise_std:.3g} mV "
                 f"({self.noise_source}); data CV {self.cv_data:.3g} cm/ms, APD90 "
-                f"{self.apd_data:.3g} ms")
+                f"{self.apd_data:.3g} ms" + ("; a recording: every model is observed "
+                                            "through a fitted gain and offset to mV"
+                                            if self.observation_gain else ""))
 
 
 def estimate_noise(observed) -> float:
@@ -100,14 +111,30 @@ def _rollout_data(fd, name: str, true_state) -> RolloutData | None:
                        bool(after), ts_, nodes)
 
 
-def discovery_data(data, *, require_val: bool = True) -> DiscoveryData:
+def is_recording(fit_data: FitData, attrs: dict | None = None) -> bool:
+    """Whether `fit_data` is a user's recording (no fixed map to mV): a file in the
+    recording format (``leads import``), or a FitData from ``from_recording`` (its
+    provenance records the time offset of the record's clock)."""
+    if attrs is not None and attrs.get("format") == RECORDING_FORMAT:
+        return True
+    return "time_offset_ms" in fit_data.provenance
+
+
+def discovery_data(data, *, require_val: bool = True,
+                   observation_gain: bool | None = None) -> DiscoveryData:
     """Read and split data for :func:`~leads_jax.agent.discover` (see the module
     docstring): a :class:`~leads_jax.datasets.FitData` (e.g. from ``from_recording``),
     an ``xarray.Dataset`` in the :mod:`leads_jax.datasets` format, or its path. Missing
     variables, NaN samples or a missing validation split raise ``ValueError`` naming what
-    to fix, before any compilation."""
+    to fix, before any compilation. `observation_gain`: fit every candidate through a
+    bounded gain and offset to mV (``None``: for recordings, :func:`is_recording`)."""
     if isinstance(data, DiscoveryData):
-        return data
+        if observation_gain is None or bool(observation_gain) == data.observation_gain:
+            return data
+        return dataclasses.replace(data, observation_gain=bool(observation_gain))
+    if observation_gain is not None and not isinstance(observation_gain, bool | np.bool_):
+        raise ValueError(f"discover: observation_gain must be True, False or None (decided "
+                         f"from the data); got {observation_gain!r}")
     ds = None
     if isinstance(data, FitData):
         fd = data
@@ -167,8 +194,9 @@ def discovery_data(data, *, require_val: bool = True) -> DiscoveryData:
         json.loads(true_structure)
     except ValueError:
         true_structure = ""
+    gain = is_recording(fd, attrs) if observation_gain is None else bool(observation_gain)
     return DiscoveryData(fd, search, geo, float(fd.t_train), fd.dt, noise, noise_source, states,
-                         true_structure, val, test, cv, apd, source)
+                         true_structure, val, test, cv, apd, source, gain)
 
 
 def fit_dt(config, data: DiscoveryData, model) -> float:

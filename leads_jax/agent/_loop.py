@@ -51,7 +51,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ..compile import bucket_size
+from ..compile import bucket_size, compile_structure
 from ..fit import (
     FitConfig,
     FitResult,
@@ -63,6 +63,7 @@ from ..fit import (
     save_candidate,
     save_dataset,
 )
+from ..recording import with_observation_gain
 from ..structure import Catalog, Structure
 from . import _io
 from ._actions import ActionRejected, Proposal, apply_proposal, describe_action
@@ -188,6 +189,7 @@ class Candidate:
     key: str
     structure: Structure | None = None
     model_spec: dict | None = None  # non-grammar baselines: {"kind": ..., ...}
+    warm: int | None = None  # the candidate a ``refine`` action warm starts from
 
     def spec_json(self) -> str:
         if self.structure is not None:
@@ -198,14 +200,14 @@ class Candidate:
         return {"id": self.id, "round": self.round, "parent": self.parent,
                 "origin": self.origin, "key": self.key,
                 "structure": None if self.structure is None else self.structure.to_dict(),
-                "model_spec": self.model_spec}
+                "model_spec": self.model_spec, "warm": self.warm}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Candidate:
         s = d.get("structure")
         return cls(int(d["id"]), int(d["round"]), d.get("parent"), str(d.get("origin", "")),
                    str(d["key"]), None if s is None else Structure.from_dict(s),
-                   d.get("model_spec"))
+                   d.get("model_spec"), d.get("warm"))
 
     @property
     def reaction(self) -> str | None:
@@ -298,7 +300,8 @@ def _settings(method, policy_name, budget, config, selection, catalog, data, see
     return {"method": method, "policy": policy_name, "budget": budget.to_dict(),
             "fit_config": config.to_dict(), "selection": dataclasses.asdict(selection),
             "catalog": dataclasses.asdict(catalog), "data": data.source,
-            "data_summary": data.summary(), "key": seed_text, "k": k}
+            "data_summary": data.summary(), "key": seed_text, "k": k,
+            "observation_gain": data.observation_gain}
 
 
 def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
@@ -306,7 +309,8 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
              catalog: Catalog | None = None, config=None, selection: Selection | None = None,
              llm: Mapping | None = None, progress: bool = True,
              write_report: bool = True, pad_groups: bool = True,
-             compile_workers: int = 2) -> DiscoveryResult:
+             compile_workers: int = 2,
+             observation_gain: bool | None = None) -> DiscoveryResult:
     """Discover a model structure for `data` (module docstring).
 
     **Arguments:**
@@ -329,6 +333,11 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
       so no round recompiles a topology because it brings more of its candidates.
     - `compile_workers`: topology groups of a round fitted (hence compiled) concurrently
       in this many threads (:func:`fit_round`); 1: one after another.
+    - `observation_gain`: fit every candidate through a bounded, fitted gain and offset
+      to mV (:func:`leads_jax.recording.with_observation_gain`; a ``refine`` also warm
+      starts them). ``None`` (default): on for a user's recording (``from_recording``,
+      ``leads import``), which has no fixed map to mV; off for data simulated by this
+      package, whose candidates keep their models' own maps.
 
     Bad inputs (missing variables, no validation split, a zero budget, an unknown
     policy, method or provider, a missing API key) raise ``ValueError`` before any
@@ -340,7 +349,7 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
         raise ValueError(f"discover: budget must be a Budget; got {type(budget).__name__}")
     selection = Selection() if selection is None else selection
     spec = resolve_method(method)
-    d = discovery_data(data)
+    d = discovery_data(data, observation_gain=observation_gain)
     cat = _resolve_catalog(catalog, d)
     if config is None:
         config = _default_config(d)
@@ -480,7 +489,8 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
                                                         "candidates": [c.id for c in new]})
             t_fit = time.perf_counter()
             with CompileLog() as clog:
-                result = fit_round(_fit_inputs(new, spec, d, jax.random.fold_in(rkey, 3)),
+                result = fit_round(_fit_inputs(new, spec, d, jax.random.fold_in(rkey, 3),
+                                               obs),
                                    d.search, config, key=jax.random.fold_in(rkey, 2),
                                    workers=compile_workers)
             fit_s = time.perf_counter() - t_fit
@@ -495,7 +505,7 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
                 round_obs = observe(
                     ids=[c.id for c in new], rounds=[r] * len(new),
                     parents=[c.parent for c in new], origins=[c.origin for c in new],
-                    specs=[c.spec_json() for c in new], formulas=[c.formula() for c in new],
+                    specs=[c.spec_json() for c in new], formulas=[_formula(c, d) for c in new],
                     reactions=[c.reaction for c in new], records=result.dataset,
                     models=fitted_models, data=d, solver=config.solver, dt=dt,
                     min_bucket=config.min_bucket)
@@ -646,17 +656,60 @@ def _make_candidate(item, cid, r, cands, obs, cat, with_memory) -> Candidate:
     origin = "; ".join(describe_action(a) for a in item.actions)
     if item.rationale:
         origin += f" -- {item.rationale}"
-    return Candidate(cid, r, item.parent, origin, candidate_key(s), s, None)
+    warm = [a.candidate for a in item.actions if a.kind == "refine"]
+    return Candidate(cid, r, item.parent, origin, candidate_key(s), s, None,
+                     warm[-1] if warm else None)
 
 
-def _fit_inputs(new: list[Candidate], spec, d: DiscoveryData, key) -> list:
+GAIN_BOUNDS = (0.5, 2.0)
+"""Bounds of the fitted observation gain of a recording's candidates (dimensionless)."""
+OFFSET_BOUNDS = (-40.0, 40.0)
+"""Bounds of the fitted observation offset of a recording's candidates (mV)."""
+
+
+def _observed(model, warm_params: Mapping | None = None):
+    """`model` observed through the fitted, bounded gain and offset; a warm start takes
+    the parent's fitted gain and offset when they lie strictly inside the bounds."""
+    gain, offset = 1.0, 0.0
+    if warm_params:
+        g, o = warm_params.get("obs_gain"), warm_params.get("obs_offset_mV")
+        if g is not None and GAIN_BOUNDS[0] < float(g) < GAIN_BOUNDS[1]:
+            gain = float(g)
+        if o is not None and OFFSET_BOUNDS[0] < float(o) < OFFSET_BOUNDS[1]:
+            offset = float(o)
+    return with_observation_gain(model, gain=GAIN_BOUNDS, offset=OFFSET_BOUNDS,
+                                 init_gain=gain, init_offset=offset)
+
+
+def _build(c: Candidate, spec, d: DiscoveryData, key, warm_params=None):
+    """The compiled model of candidate `c` (the observation map of a recording around
+    it)."""
+    if c.structure is not None:
+        model = compile_structure(c.structure, d.geometry, key=key)
+    else:
+        model = spec.build_model(c.model_spec, d, key)
+    return _observed(model, warm_params) if d.observation_gain else model
+
+
+def _fit_inputs(new: list[Candidate], spec, d: DiscoveryData, key, obs=None) -> list:
+    """What ``fit`` gets: grammar structures as they are (``fit`` compiles them), other
+    models built here; with an observation map (a recording) every candidate is built
+    and wrapped here."""
     out = []
     for c in new:
-        if c.structure is not None:
+        if c.structure is not None and not d.observation_gain:
             out.append(c.structure)
-        else:
-            out.append(spec.build_model(c.model_spec, d, jax.random.fold_in(key, c.id)))
+            continue
+        warm = None
+        if c.warm is not None and obs is not None and c.warm in obs:
+            warm = obs[c.warm].params
+        out.append(_build(c, spec, d, jax.random.fold_in(key, c.id), warm))
     return out
+
+
+def _formula(c: Candidate, d: DiscoveryData) -> str:
+    text = c.formula()
+    return text + "; observed V = offset + gain * V_model" if d.observation_gain else text
 
 
 def _dump(items) -> list:
@@ -702,11 +755,7 @@ def _write_round(outp, r, new, round_obs, result, fitted_models, events, timing,
 
 def _load_model(outp, c: Candidate, d: DiscoveryData, spec):
     path = _io.round_dir(outp, c.round) / "candidates" / f"candidate_{c.id:04d}.eqx"
-    if c.structure is not None:
-        _, model, _ = load_candidate(path, d.geometry)
-    else:
-        like = spec.build_model(c.model_spec, d, jax.random.key(0))
-        _, model, _ = load_candidate(path, like=like)
+    _, model, _ = load_candidate(path, like=_build(c, spec, d, jax.random.key(0)))
     return model
 
 
