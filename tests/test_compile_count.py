@@ -14,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import equinox._errors
 import jax
@@ -211,3 +214,45 @@ def test_program_identity_is_written_down_or_refused():
     for obj in (lambda x: x, local, object(), ap_field):
         with pytest.raises(_programs._Unstable):
             _programs._encode(obj)
+
+
+_CHILD = """
+import json, sys
+import jax
+from leads_jax import enable_compilation_cache
+from leads_jax.datasets import FitData, make_dataset
+from leads_jax.fit import FitConfig, fit, _programs
+from leads_jax.geometry import Geometry
+from leads_jax.structure import Structure
+enable_compilation_cache(sys.argv[1])
+ds = make_dataset("aliev-panfilov", Geometry.cable(8), t_train=8.0, save_every=2.0,
+                  parameters={"eps0": 0.01}, dt=0.25, seed=0)
+cfg = FitConfig(learning_rate=0.01, steps=6, eval_every=3, patience=None, dt=0.25,
+                aphynity_weight=0.0, min_bucket=4)
+s = Structure.make("aliev-panfilov", free=("a", "D"), values={"a": 0.165, "D": 0.0011})
+res = fit([s], FitData.from_dataset(ds), cfg, key=jax.random.key(0), progress=False)
+d = res.dataset
+print("RESULT " + json.dumps({"traces": dict(_programs.TRACES),
+      "rmse": [float(d[k].values[0]) for k in ("train_rmse", "val_rmse", "test_rmse")],
+      "curve": [float(x) for x in d["train_curve"].values[0]]}))
+"""
+
+
+@pytest.mark.slow
+def test_new_process_reads_exported_programs(tmp_path):
+    """Two new processes with one persistent cache (EQX_ON_ERROR=nan): the first exports
+    the training, evaluation and audit programs, the second traces none of them and gives
+    the same records."""
+    env = dict(os.environ, EQX_ON_ERROR="nan", JAX_PLATFORMS="cpu")
+    env.pop("LEADS_JAX_CACHE_DIR", None)
+    out = []
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "cache")], env=env,
+                             capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, run.stderr[-3000:]
+        line = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")][-1]
+        out.append(json.loads(line[len("RESULT "):]))
+    assert out[0]["traces"].get("chunk", 0) >= 1 and out[0]["traces"].get("eval", 0) >= 1
+    assert out[1]["traces"] == {}, out[1]["traces"]
+    assert out[1]["rmse"] == out[0]["rmse"] and out[1]["curve"] == out[0]["curve"]
+    assert len(list((tmp_path / "cache" / "leads_jax_exported").glob("*.jaxexport"))) >= 2

@@ -179,6 +179,8 @@ class Program:
             return self.jitted(*args)
         dynamic, static = eqx.partition(args, eqx.is_array)
         leaves, treedef = jax.tree.flatten(dynamic)
+        if any(isinstance(x, jax.Array) and len(x.sharding.device_set) > 1 for x in leaves):
+            return self.jitted(*args)  # sharded members: not exported
         try:
             key = hashlib.sha256(json.dumps([
                 _environment(), _encode(self.spec), _encode_tree(treedef),
