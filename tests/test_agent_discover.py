@@ -38,7 +38,9 @@ from leads_jax.agent import (
     select,
     write_report,
 )
+from leads_jax.agent._actions import Proposal, SetParameter, SetReaction
 from leads_jax.agent._llm import LLMClient
+from leads_jax.agent._offline import FixedPolicy
 from leads_jax.datasets import make_dataset, save_dataset
 from leads_jax.fit import FitConfig, load_results
 from leads_jax.geometry import Geometry
@@ -212,6 +214,32 @@ def test_methods_sharing_the_physics_programs(method, data, tmp_path):
         assert not any(t["event"] == "reflect" for t in res.transcript)
     if method == "no-memory":
         assert len({o.spec for o in res.history}) <= len(res.history)
+
+
+def test_unpaced_sample_and_a_step_above_the_stable_step_are_recorded(data, tmp_path):
+    """Accepted but suspicious: a sample whose pacing sites are all zero (the data's
+    reader records it) and a candidate whose conductivity makes the fitting step
+    0.25 ms exceed its stable step (0.145 ms; ``fit`` checks it): both in the run's
+    notes and report, the step also in the round's fit event. Same programs as above."""
+    ds = data["aliev-panfilov"].copy(deep=True)
+    ds["stim_sites"][2] = 0.0  # the test site's sample
+    fast = FixedPolicy([Proposal(parent=None, actions=[
+        SetReaction(reaction="aliev-panfilov"),
+        SetParameter(name="D", mode="free", value=0.003)], rationale="fast conduction")])
+    with pytest.warns(UserWarning, match="stable step"):
+        res = discover(ds, policy=fast, budget=Budget(rounds=1, candidates=1, k=3),
+                       key=jax.random.key(0), out=tmp_path / "w", catalog=CATALOG,
+                       config=CONFIG, progress=False)
+    assert len(res.history) == 1
+    zero = [n for n in res.notes if "zero everywhere" in n]
+    assert zero == ["data: sample 2 (center): the stimulus is zero everywhere (all-zero "
+                    "pacing sites or amplitude)"], res.notes
+    step = [n for n in res.notes if "stable step" in n]
+    assert len(step) == 1 and step[0].startswith("fit, round 0: candidate #0: dt = 0.25 ms")
+    [fit_event] = [t for t in res.transcript if t["event"] == "fit"]
+    assert len(fit_event["warnings"]) == 1 and "0.145 ms" in fit_event["warnings"][0]
+    report = (tmp_path / "w" / "report.md").read_text()
+    assert "zero everywhere" in report and "stable step" in report
 
 
 class _ScriptedClient(LLMClient):

@@ -11,9 +11,11 @@ compiles it, the command-line run on the same recording reuses the programs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
+import equinox as eqx
 import jax
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from leads_jax.agent import Budget, discover
 from leads_jax.agent._data import discovery_data
 from leads_jax.agent._loop import _fit_inputs
 from leads_jax.cli import main
-from leads_jax.datasets import make_dataset
+from leads_jax.datasets import FitData, make_dataset
 from leads_jax.fit import FitConfig, load_results
 from leads_jax.geometry import Geometry
 from leads_jax.recording import ObservedModel, from_recording
@@ -127,3 +129,41 @@ def test_discover_on_a_hand_simulated_recording_api_and_cli(cell, tmp_path, caps
     # the CLI run reads the file the API run's data were written as: same scores
     api = load_results(tmp_path / "api" / "results.nc")
     np.testing.assert_allclose(ds["val_rmse"].values, api["val_rmse"].values, rtol=1e-5)
+
+
+def test_suspicious_inputs_are_errors_or_recorded_warnings(cell):
+    """The silent acceptances of the agent issue, at the agent's data input (no fit): a
+    disconnected mesh is a recorded warning (and an error in from_recording unless
+    allowed), a training horizon past the record's end an error, all-zero pacing sites
+    an error in from_recording and a recorded warning in a dataset."""
+    t, vm, onsets = cell
+    verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [5, 5, 0], [6, 5, 0], [5, 6, 0]]) * 0.1
+    mesh = {"vertices": verts, "faces": np.array([[0, 1, 2], [3, 4, 5]])}
+    v6 = np.tile(vm[:, None], (1, 6))
+    pacing = {"sites": [0], "times": onsets}
+    with pytest.raises(ValueError, match="disconnected"):
+        from_recording(v6, time=t, geometry=mesh, pacing=pacing)
+    fd = from_recording(v6, time=t, geometry=mesh, pacing=pacing, allow_disconnected=True)
+    d = discovery_data(fd)
+    assert [w for w in d.warnings if "disconnected" in w] == [
+        "data: the geometry is disconnected: 2 separate components (a wave cannot cross "
+        "between them)"]
+    # a dataset that does not say so itself (not from from_recording): found here
+    quiet = dataclasses.replace(fd, warnings=())
+    assert not quiet.warnings
+    assert any("disconnected: 2 separate components" in w
+               for w in discovery_data(quiet).warnings)
+    assert not any("disconnected" in w for w in discovery_data(
+        from_recording(vm, time=t, pacing={"times": onsets})).warnings)
+    # all-zero pacing of one sample: a recorded warning
+    unpaced = dataclasses.replace(fd, stimuli=eqx.tree_at(
+        lambda st: st.sites, fd.stimuli, np.zeros_like(np.asarray(fd.stimuli.sites))))
+    assert any("zero everywhere" in w for w in discovery_data(unpaced).warnings)
+    with pytest.raises(ValueError, match="all zero"):
+        from_recording(vm, time=t, pacing={"sites": [0.0], "times": onsets})
+    # a training horizon past the record's end: an error, in from_recording and FitData
+    with pytest.raises(ValueError, match="past the record's end"):
+        from_recording(vm, time=t, pacing={"times": onsets}, split={"times": (1e4, 2e4)})
+    with pytest.raises(ValueError, match="t_train"):
+        dataclasses.replace(fd, t_train=float(t[-1]) + 100.0)
+    assert isinstance(fd, FitData)

@@ -36,7 +36,7 @@ import xarray as xr
 
 from ..datasets import TEST, VAL, FitData
 from ..geometry import Geometry
-from ..recording import RECORDING_FORMAT, load_recording
+from ..recording import RECORDING_FORMAT, _components, load_recording
 from ._observe import measure_traces
 
 __all__ = ["DiscoveryData", "RolloutData", "discovery_data", "estimate_noise", "fit_dt",
@@ -74,6 +74,7 @@ class DiscoveryData:
     apd_data: float
     source: str
     observation_gain: bool = False  # candidates fitted through a gain/offset map to mV
+    warnings: tuple[str, ...] = ()  # accepted but suspicious (recorded in the run's notes)
 
     def summary(self) -> str:
         fd = self.fit_data
@@ -196,7 +197,19 @@ def discovery_data(data, *, require_val: bool = True,
         true_structure = ""
     gain = is_recording(fd, attrs) if observation_gain is None else bool(observation_gain)
     return DiscoveryData(fd, search, geo, float(fd.t_train), fd.dt, noise, noise_source, states,
-                         true_structure, val, test, cv, apd, source, gain)
+                         true_structure, val, test, cv, apd, source, gain, data_warnings(fd))
+
+
+def data_warnings(fd: FitData) -> tuple[str, ...]:
+    """What the data's reader accepted but looks wrong (``FitData.warnings``: e.g. a
+    sample whose pacing sites are all zero), plus a disconnected geometry (parts no wave
+    can reach from another), which only ``from_recording`` checks itself."""
+    notes = list(fd.warnings)
+    k = _components(fd.geometry)
+    if k > 1 and not any("disconnected" in w for w in notes):
+        notes.append(f"the geometry is disconnected: {k} separate components (a wave cannot "
+                     "cross between them)")
+    return tuple(f"data: {w}" for w in dict.fromkeys(notes))
 
 
 def fit_dt(config, data: DiscoveryData, model) -> float:

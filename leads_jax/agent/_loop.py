@@ -44,6 +44,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -495,9 +496,15 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
                                    workers=compile_workers)
             fit_s = time.perf_counter() - t_fit
             fitted_models = list(result.models)
-            events.append({"event": "fit", "round": r, "candidates": [c.id for c in new],
-                           "topologies": len({str(x) for x in
-                                              result.dataset["topology"].values})})
+            fit_event = {"event": "fit", "round": r, "candidates": [c.id for c in new],
+                         "topologies": len({str(x) for x in
+                                            result.dataset["topology"].values})}
+            data_notes = set(d.fit_data.warnings)
+            fit_notes = [w for w in json.loads(result.dataset.attrs.get("warnings", "[]"))
+                         if w not in data_notes]
+            if fit_notes:  # e.g. a dt above a candidate's stable step (checked by fit)
+                fit_event["warnings"] = [_renumber(w, new) for w in fit_notes]
+            events.append(fit_event)
             # -- observe --------------------------------------------------------------
             t_obs = time.perf_counter()
             with CompileLog() as olog:
@@ -578,7 +585,7 @@ def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
         if model is None and outp is not None:
             model = _load_model(outp, c, d, spec)
         test_rmse = _score_test(model, d, config)
-    notes = spec.notes(pol)
+    notes = list(d.warnings) + _fit_warnings(transcript) + spec.notes(pol)
     res = DiscoveryResult(best, winner, model, observation, test_rmse, history, table, r,
                           stop_reason, timings, {}, outp, transcript, spec.name, pol.name,
                           notes, len(done), fitted_here)
@@ -616,6 +623,21 @@ def fit_round(candidates, data, config, *, key, workers: int = 2):
         notes.extend(out.warnings)
     return FitResult(build_dataset(records, result_attrs(plan, notes)), models,
                      [c.structure for c in plan.candidates])
+
+
+def _renumber(text: str, new: list[Candidate]) -> str:
+    """A fit warning names the candidate by its index in the round's fit; the run names
+    it by its id."""
+    m = re.match(r"candidate (\d+): ", text)
+    if m and int(m.group(1)) < len(new):
+        return f"candidate #{new[int(m.group(1))].id}: " + text[m.end():]
+    return text
+
+
+def _fit_warnings(transcript) -> list[str]:
+    out = [f"fit, round {t['round']}: {w}" for t in transcript
+           if t.get("event") == "fit" for w in t.get("warnings", [])]
+    return list(dict.fromkeys(out))
 
 
 def _best_val(observations) -> float:
