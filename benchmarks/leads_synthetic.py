@@ -53,7 +53,8 @@ Presets (each table states its noise, horizon and pacing sites):
   (:data:`TINY_METHODS`), a catalog without closures (the hand hybrid keeps its own),
   one seed, 4 candidates x 20 steps; about 2 minutes on 2 cores;
 - ``quick``: a 32-node cable for the ground-truth and misspecified cases, a ~200-node
-  ventricle for the scar (the neural and hybrid methods' cost grows with the nodes), the Luo-Rudy cell; 16 candidates x 100 steps per method;
+  ventricle for the scar (the neural and hybrid methods' cost grows with the nodes),
+  the Luo-Rudy cell; 16 candidates x 100 steps per method;
   3 seeds; the catalog holds Aliev-Panfilov, FitzHugh-Nagumo and Mitchell-Schaeffer
   (and every closure, diffusion kind and parameter mode);
 - ``full``: the 1,862-node ventricle (``Geometry.ventricle()``) for every tissue case,
@@ -155,13 +156,15 @@ class Preset:
     learning_rate: float = 0.03
 
     def describe(self) -> str:
-        geo = (f"{self.cable_nodes}-node cable" if self.cable_nodes
-               else f"{self.ventricle_nodes}-node ventricle")
+        geo = (f"{self.cable_nodes}-node cable (3 pacing sites: train / val / test)"
+               if self.cable_nodes else
+               f"ventricle of about {self.ventricle_nodes} nodes (sites "
+               f"{', '.join(self.pacing_sites_mesh)}; the last two val / test)")
         cat = ", ".join(self.catalog_reactions) if self.catalog_reactions else \
             "every catalog reaction except " + ", ".join(MISSPECIFIED)
-        return (f"preset `{self.name}`: tissue cases on a {geo} (3 pacing sites: train / val "
-                f"/ test), training horizon {self.t_train:g} ms, record {3 * self.t_train:g} ms; "
-                f"scar on a {self.ventricle_nodes}-node ventricle (sites "
+        return (f"preset `{self.name}`: tissue cases on a {geo}, training horizon "
+                f"{self.t_train:g} ms, record {3 * self.t_train:g} ms; "
+                f"scar on a ventricle of about {self.ventricle_nodes} nodes (sites "
                 f"{', '.join(self.pacing_sites_mesh)}), horizon {self.t_train_mesh:g} ms; "
                 f"Luo-Rudy cell: {self.lr_beats} beats at {self.lr_period:g} ms (split by beats); "
                 f"samples every {self.save_every:g} ms, noise {100 * self.noise:g}% of the "
@@ -661,13 +664,15 @@ def _atomic_write(path: pathlib.Path, text: str) -> None:
 
 def run_preset(preset: Preset, *, runs: pathlib.Path | None = None, policy="offline",
                progress: bool = True, verbose: bool = False,
-               resume: bool = False) -> tuple[xr.Dataset, dict]:
+               resume: bool = False, report_only: bool = False) -> tuple[xr.Dataset, dict]:
     """Run every (case, method, seed) of `preset`; returns ``(results, figure data)``.
 
     With `runs` (a folder), every finished run is checkpointed there atomically
     (``rows.jsonl`` + the LEADS predictions for the figures, ``.npz``), and each
     discovery run writes its rounds under it; ``resume=True`` continues an interrupted
-    benchmark without redoing a finished (case, method, seed) or round."""
+    benchmark without redoing a finished (case, method, seed) or round; with
+    ``report_only=True`` nothing is run: the tables are built from the finished runs
+    (the others are NaN, and ``n_finished`` says how many there are)."""
     from tqdm.auto import tqdm
 
     tmp = None
@@ -675,7 +680,8 @@ def run_preset(preset: Preset, *, runs: pathlib.Path | None = None, policy="offl
         tmp = tempfile.TemporaryDirectory(prefix="leads_synthetic_")
         runs = pathlib.Path(tmp.name)
     runs.mkdir(parents=True, exist_ok=True)
-    done = _Checkpoint(runs, preset, resume)
+    done = _Checkpoint(runs, preset, resume or report_only)
+    finished = 0
     cases, methods, seeds = preset.cases, preset.methods, preset.seeds
     shape = (len(cases), len(methods), len(seeds))
     arrays = {k: np.full(shape, np.nan) for k in SCALARS}
@@ -690,16 +696,24 @@ def run_preset(preset: Preset, *, runs: pathlib.Path | None = None, policy="offl
     try:
         for s_i, seed in enumerate(seeds):
             for c_i, cname in enumerate(cases):
+                keys = [f"{cname}/{m}/{seed}" for m in methods]
+                if report_only and all(done.get(k) is None for k in keys):
+                    bar.update(len(methods))
+                    continue
                 case = make_case(cname, preset, seed)
                 descriptions[cname] = case.description
                 for m_i, method in enumerate(methods):
                     bar.set_postfix(case=cname, method=method, seed=seed)
                     key = f"{cname}/{method}/{seed}"
                     row = done.get(key)
+                    if row is None and report_only:
+                        bar.update(1)
+                        continue
                     if row is None:
                         row = run_one(case, method, seed, preset,
                                       runs / f"{cname}_{method}_s{seed}", policy, resume)
                         done.put(key, row)
+                    finished += 1
                     for k in SCALARS:
                         arrays[k][c_i, m_i, s_i] = row[k]
                     nearest[c_i, m_i, s_i] = row["nearest"]
@@ -737,6 +751,7 @@ def run_preset(preset: Preset, *, runs: pathlib.Path | None = None, policy="offl
         "catalog": json.dumps(dataclasses.asdict(_catalog(preset))),
         "policy": policy if isinstance(policy, str) else getattr(policy, "name", "llm"),
         "total_seconds": total, "n_devices": jax.device_count(),
+        "n_runs": int(np.prod(shape)), "n_finished": finished,
         "device": jax.devices()[0].platform, "jax_version": jax.__version__,
         "cpu_count": os.cpu_count() or 0, "python": platform.python_version(),
         "command": "python benchmarks/leads_synthetic.py " + " ".join(sys.argv[1:]),
@@ -779,8 +794,10 @@ def targets(ds: xr.Dataset) -> list[tuple[str, str, str]]:
         return rows
     L = ds.sel({"method": "leads"})
     gts = [c for c in cases if c in GROUND_TRUTHS]
+    ran = np.isfinite(L["n_candidates"].values)  # finished runs (all, unless partial)
     if gts:
         rec = L["recovered"].sel(case=gts).values
+        rec = rec[np.isfinite(L["n_candidates"].sel(case=gts).values)]
         n_ok = int(np.nansum(rec))
         rows.append(("true reaction model recovered, every ground truth and seed",
                      f"{n_ok}/{rec.size}", "met" if n_ok == rec.size else "missed"))
@@ -802,11 +819,11 @@ def targets(ds: xr.Dataset) -> list[tuple[str, str, str]]:
                 rows.append((f"{c}: LEADS test error <= 1/2 the hand hybrid's (clean truth)",
                              f"{lm:.3g} vs {hm:.3g} mV ({lm / hm:.2f}x)" if hm > 0 else "n/a",
                              "met" if ok else "missed"))
-    st = L["stable"].values
+    st = L["stable"].values[ran]
     rows.append(("every model LEADS returns passes the stability audit",
                  f"{int(np.nansum(st))}/{st.size}",
                  "met" if np.all(st == 1) else "missed"))
-    ratio = L["extrap_ratio"].values
+    ratio = L["extrap_ratio"].values[ran]
     fin = ratio[np.isfinite(ratio)]
     rows.append(("LEADS error on unseen sites x 3x horizon <= 2x its validation error",
                  f"max ratio {fin.max():.2f}, {int(np.sum(fin <= 2))}/{ratio.size} runs"
@@ -852,10 +869,14 @@ def markdown(ds: xr.Dataset, elapsed: float) -> str:
              f"device(s), {ds.attrs['cpu_count']} CPU cores, jax {ds.attrs['jax_version']}, "
              f"{ds.attrs['date']}. Command: `{ds.attrs['command']}`. Wall time of this "
              f"process **{elapsed / 60:.1f} min**; summed over the runs "
-             f"{float(np.nansum(ds['wall_s'])) / 60:.1f} min (compile {float(np.nansum(ds['compile_s'])) / 60:.1f}"
-             f" min, train {float(np.nansum(ds['train_s'])) / 60:.1f} min, the rest "
+             f"{float(np.nansum(ds['wall_s'])) / 60:.1f} min (compile "
+             f"{float(np.nansum(ds['compile_s'])) / 60:.1f} min, train {float(np.nansum(ds['train_s'])) / 60:.1f} min, the rest "
              "observation rollouts, scoring and data generation).", "",
              "Cases:", ""]
+    if ds.attrs.get("n_finished", 0) < ds.attrs.get("n_runs", 0):
+        lines[-2:-2] = [f"**Partial: {ds.attrs['n_finished']} of {ds.attrs['n_runs']} "
+                        "(case, method, seed) runs finished** (`--report-only` on an "
+                        "interrupted benchmark); the others are n/a below.", ""]
     for c, d in json.loads(ds.attrs["case_descriptions"]).items():
         lines.append(f"- `{c}` ({make_kind(c)}): {d}")
     lines += ["", "Mean over seeds ± spread (max - min). Test errors are on the test "
@@ -1018,10 +1039,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted benchmark in --runs")
     parser.add_argument("--out", default=str(RESULTS), help="results folder")
+    parser.add_argument("--report-only", action="store_true",
+                        help="build the tables from the finished runs in --runs; run nothing")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.resume and not args.runs:
-        parser.error("--resume needs --runs DIR (the folder of the interrupted benchmark)")
+    if (args.resume or args.report_only) and not args.runs:
+        parser.error("--resume / --report-only need --runs DIR (the benchmark's folder)")
     if args.policy == "llm" and not args.llm_model:
         parser.error("--policy llm needs --llm-model (a litellm model string)")
     preset = smoke_preset() if args.smoke else PRESETS[args.preset]
@@ -1039,7 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ds, figs = run_preset(preset, runs=None if args.runs is None else pathlib.Path(args.runs),
                           policy=policy, progress=not args.no_progress, verbose=True,
-                          resume=args.resume)
+                          resume=args.resume, report_only=args.report_only)
     elapsed = time.perf_counter() - t0
     stem = f"leads_synthetic_{preset.name}"
     ds.to_netcdf(out / f"{stem}.nc", engine="h5netcdf")  # first: nothing lost to a table bug

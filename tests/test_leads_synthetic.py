@@ -9,6 +9,7 @@ import importlib.util
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -81,6 +82,15 @@ def test_tiny_preset_is_deterministic_and_resumes(tiny, tmp_path, monkeypatch):
     assert figs["cases"]["aliev-panfilov"]["pred"] is not None
     with pytest.raises(ValueError, match="--resume"):
         ls.run_preset(ls.PRESETS["tiny"], runs=runs, progress=False)
+    # tables from an interrupted benchmark: only its finished runs, said so
+    part = tmp_path / "part"
+    shutil.copytree(runs, part)
+    lines = (part / "rows.jsonl").read_text().splitlines()
+    (part / "rows.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    rep, _ = ls.run_preset(ls.PRESETS["tiny"], runs=part, progress=False, report_only=True)
+    assert rep.attrs["n_finished"] == 3 and rep.attrs["n_runs"] == ds["recovered"].size
+    assert int(np.isfinite(rep["n_candidates"].values).sum()) == 3
+    assert "Partial: 3 of" in ls.markdown(rep, 1.0)
 
 
 def test_structure_distance_and_parameter_error():
@@ -172,10 +182,15 @@ def test_smoke_full_configuration_on_four_devices(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path),
-                        "--no-progress"], env=env, capture_output=True, text=True,
-                       timeout=1500)
+                        "--runs", str(tmp_path / "runs"), "--no-progress"], env=env,
+                       capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     ds = xr.load_dataset(tmp_path / "leads_synthetic_full-smoke.nc", engine="h5netcdf")
     assert ds.attrs["n_devices"] == 4
-    assert "1862-node ventricle" in ds.attrs["description"]
+    assert "ventricle of about 1862 nodes" in ds.attrs["description"]
+    assert "ventricle" in ds.attrs["case_descriptions"]
     assert np.isfinite(ds["val_rmse"].values).all()
+    # the fits sharded their candidates over the 4 devices (jax.sharding)
+    fit = xr.load_dataset(tmp_path / "runs" / "aliev-panfilov_leads_s0" / "round_000" /
+                          "metrics.nc", engine="h5netcdf")
+    assert int(fit.attrs["n_devices"]) == 4
