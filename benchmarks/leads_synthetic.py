@@ -57,7 +57,7 @@ Presets (each table states its noise, horizon and pacing sites):
   the Luo-Rudy cell; 16 candidates x 100 steps per method;
   3 seeds; the catalog holds Aliev-Panfilov, FitzHugh-Nagumo and Mitchell-Schaeffer
   (and every closure, diffusion kind and parameter mode);
-- ``full``: the 1,862-node ventricle (``Geometry.ventricle()``) for every tissue case,
+- ``full``: the default ventricle (``Geometry.ventricle()``, 1,833 nodes) for every tissue case,
   five pacing sites, the full catalog except the misspecified truths, 32 candidates x
   300 steps; meant for GPUs/TPUs. The candidate axis is sharded over all local
   devices (``jax.sharding``, done by :func:`leads_jax.fit.fit` when there are several).
@@ -870,7 +870,8 @@ def markdown(ds: xr.Dataset, elapsed: float) -> str:
              f"{ds.attrs['date']}. Command: `{ds.attrs['command']}`. Wall time of this "
              f"process **{elapsed / 60:.1f} min**; summed over the runs "
              f"{float(np.nansum(ds['wall_s'])) / 60:.1f} min (compile "
-             f"{float(np.nansum(ds['compile_s'])) / 60:.1f} min, train {float(np.nansum(ds['train_s'])) / 60:.1f} min, the rest "
+             f"{float(np.nansum(ds['compile_s'])) / 60:.1f} min, train "
+             f"{float(np.nansum(ds['train_s'])) / 60:.1f} min, the rest "
              "observation rollouts, scoring and data generation).", "",
              "Cases:", ""]
     if ds.attrs.get("n_finished", 0) < ds.attrs.get("n_runs", 0):
