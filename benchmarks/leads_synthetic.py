@@ -67,7 +67,8 @@ Usage::
 
     python benchmarks/leads_synthetic.py --preset quick [--seeds 0 1 2]
         [--cases ...] [--methods ...] [--policy offline|llm --llm-model M]
-        [--smoke] [--runs DIR] [--out benchmarks/results]
+        [--smoke] [--runs DIR [--resume | --report-only]] [--compile-cache DIR]
+        [--out benchmarks/results]
 
 Results: ``benchmarks/results/leads_synthetic_<preset>.{nc,md}`` and figures
 ``leads_synthetic_<preset>_{activation,test_error,trajectory}.png``.
@@ -90,11 +91,16 @@ import warnings
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if "--compile-cache" in sys.argv or os.environ.get("LEADS_JAX_CACHE_DIR"):
+    # JAX never caches a program with a host callback; equinox's checks are host
+    # callbacks unless EQX_ON_ERROR is set before equinox is imported (leads_jax._cache)
+    os.environ.setdefault("EQX_ON_ERROR", "nan")
 
 import jax
 import numpy as np
 import xarray as xr
 
+from leads_jax import enable_compilation_cache
 from leads_jax.agent import METHODS, Budget, discover
 from leads_jax.agent._data import discovery_data, fit_dt
 from leads_jax.agent._observe import predict
@@ -1042,12 +1048,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS), help="results folder")
     parser.add_argument("--report-only", action="store_true",
                         help="build the tables from the finished runs in --runs; run nothing")
+    parser.add_argument("--compile-cache", metavar="DIR", default=None,
+                        help="JAX's persistent compilation cache (and the fitting engine's "
+                        "exported programs) in DIR, so a resumed run does not compile again "
+                        "(default: $LEADS_JAX_CACHE_DIR, else off)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if (args.resume or args.report_only) and not args.runs:
         parser.error("--resume / --report-only need --runs DIR (the benchmark's folder)")
     if args.policy == "llm" and not args.llm_model:
         parser.error("--policy llm needs --llm-model (a litellm model string)")
+    cache = enable_compilation_cache(args.compile_cache)
     preset = smoke_preset() if args.smoke else PRESETS[args.preset]
     seeds = args.seeds if args.seeds is not None else ([args.seed] if args.seed is not None
                                                        else None)
@@ -1059,7 +1070,8 @@ def main(argv: list[str] | None = None) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(preset.describe())
-    print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; compilation cache "
+          f"{cache or 'off'}")
     t0 = time.perf_counter()
     ds, figs = run_preset(preset, runs=None if args.runs is None else pathlib.Path(args.runs),
                           policy=policy, progress=not args.no_progress, verbose=True,
