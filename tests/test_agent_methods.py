@@ -130,6 +130,9 @@ def test_pure_neural_ode(data, tmp_path):
     assert all(o.reaction is None and o.n_params > 1000 for o in res.history)
     assert res.timings[0]["fit_n_train_programs"] == 1  # one width: one program
     assert res.best is not None and math.isfinite(res.test_rmse)
+    # dt = 0.25 ms is above these networks' stable step (~0.23 ms): recorded, per id
+    assert any(n.startswith("fit, round 0: candidate #0: dt = 0.25 ms is above")
+               for n in res.notes), res.notes
 
 
 RUN = textwrap.dedent("""

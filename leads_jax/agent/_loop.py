@@ -302,7 +302,9 @@ def _settings(method, policy_name, budget, config, selection, catalog, data, see
             "fit_config": config.to_dict(), "selection": dataclasses.asdict(selection),
             "catalog": dataclasses.asdict(catalog), "data": data.source,
             "data_summary": data.summary(), "key": seed_text, "k": k,
-            "observation_gain": data.observation_gain}
+            # only when on: run folders of simulated data read as before, and a resume
+            # that would mix wrapped and unwrapped candidates is refused
+            **({"observation_gain": True} if data.observation_gain else {})}
 
 
 def discover(data, *, policy: str | Policy = "offline", method: str = "leads",
