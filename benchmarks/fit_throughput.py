@@ -306,9 +306,10 @@ def write(rows, device, out: pathlib.Path, load=(math.nan, math.nan)):
     for k in names:
         r = rows[k]
         lab = label.get(k, f"(b) batched engine (vmap) x{r['n']}")
+        vs_torch = "n/a" if math.isnan(torch_per) else f"{torch_per / r['per_cand']:.1f}x"
         lines.append(
             f"| {lab} | {r['n']} | {r['per_cand']:.4f} | {r['compile']:.1f} | "
-            f"{torch_per / r['per_cand']:.1f}x | {seq_per / r['per_cand']:.2f}x |"
+            f"{vs_torch} | {seq_per / r['per_cand']:.2f}x |"
         )
     if "c_torch" not in rows:
         lines += ["", "(c) skipped: torch/torchdiffeq not installed."]
