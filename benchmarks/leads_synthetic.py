@@ -731,6 +731,10 @@ def run_preset(preset: Preset, *, runs: pathlib.Path | None = None, policy="offl
                             "truth": _test_clean(case, dd)[0], "pred": row["_pred"],
                             "ts": np.asarray(dd.test.ts), "geometry": dd.geometry}
                     bar.update(1)
+                    if jax.config.jax_compilation_cache_dir and len(methods) > 1:
+                        # every program is on disk: free the in-memory executables, so
+                        # a long benchmark's memory does not grow with its topologies
+                        jax.clear_caches()
                     if verbose:
                         print(f"  {cname:<18} {method:<13} seed {seed}: wall "
                               f"{row['wall_s']:6.1f} s (compile {row['compile_s']:5.1f}, train "
@@ -765,6 +769,31 @@ def run_preset(preset: Preset, *, runs: pathlib.Path | None = None, policy="offl
         "source": "benchmarks/leads_synthetic.py (leads-jax)",
     })
     return ds, figs
+
+
+def merge(parts: list[xr.Dataset]) -> xr.Dataset:
+    """Results of several runs of one preset over disjoint cases (e.g. run in parallel
+    processes) as one Dataset; seeds missing from a part are NaN."""
+    presets = {p.attrs["preset"] for p in parts}
+    if len(presets) != 1:
+        raise ValueError(f"--merge: the parts come from different presets {sorted(presets)}")
+    cases = [c for p in parts for c in p.case.values]
+    if len(set(cases)) != len(cases):
+        raise ValueError(f"--merge: a case appears in more than one part: {cases}")
+    out = xr.concat(parts, dim="case", join="outer", data_vars="all", coords="minimal",
+                    compat="override", combine_attrs="override")
+    for name in ("nearest", "formula"):
+        out[name] = out[name].fillna("").astype(str)
+    desc = {}
+    for p in parts:
+        desc.update(json.loads(p.attrs["case_descriptions"]))
+    out.attrs["case_descriptions"] = json.dumps(desc)
+    out.attrs["n_runs"] = int(out["recovered"].size)
+    out.attrs["n_finished"] = int(np.isfinite(out["n_candidates"].values).sum())
+    out.attrs["total_seconds"] = float(sum(p.attrs["total_seconds"] for p in parts))
+    out.attrs["command"] = " + ".join(p.attrs["command"] for p in parts)
+    out.attrs["merged_from"] = len(parts)
+    return out
 
 
 def make_kind(name: str) -> str:
@@ -873,8 +902,9 @@ def markdown(ds: xr.Dataset, elapsed: float) -> str:
              ds.attrs["description"] + ".", "",
              f"Policy {ds.attrs['policy']}; {ds.attrs['n_devices']} {ds.attrs['device']} "
              f"device(s), {ds.attrs['cpu_count']} CPU cores, jax {ds.attrs['jax_version']}, "
-             f"{ds.attrs['date']}. Command: `{ds.attrs['command']}`. Wall time of this "
-             f"process **{elapsed / 60:.1f} min**; summed over the runs "
+             f"{ds.attrs['date']}. Command: `{ds.attrs['command']}`. Wall time "
+             f"**{elapsed / 60:.1f} min** (summed over the processes when merged); "
+             "summed over the runs "
              f"{float(np.nansum(ds['wall_s'])) / 60:.1f} min (compile "
              f"{float(np.nansum(ds['compile_s'])) / 60:.1f} min, train "
              f"{float(np.nansum(ds['train_s'])) / 60:.1f} min, the rest "
@@ -1052,12 +1082,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="JAX's persistent compilation cache (and the fitting engine's "
                         "exported programs) in DIR, so a resumed run does not compile again "
                         "(default: $LEADS_JAX_CACHE_DIR, else off)")
+    parser.add_argument("--merge", nargs="+", metavar="NC", default=None,
+                        help="merge result files of one preset over disjoint cases (runs in "
+                        "parallel processes) into one table; runs nothing")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if (args.resume or args.report_only) and not args.runs:
         parser.error("--resume / --report-only need --runs DIR (the benchmark's folder)")
     if args.policy == "llm" and not args.llm_model:
         parser.error("--policy llm needs --llm-model (a litellm model string)")
+    if args.merge:
+        ds = merge([xr.load_dataset(p, engine="h5netcdf") for p in args.merge])
+        out = pathlib.Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"leads_synthetic_{ds.attrs['preset']}"
+        ds.to_netcdf(out / f"{stem}.nc", engine="h5netcdf")
+        md = markdown(ds, float(ds.attrs["total_seconds"]))
+        paths = figures(ds, {"cases": {}}, out, stem)
+        md += "\nFigures: " + ", ".join(f"`{p.name}`" for p in paths) + "\n"
+        (out / f"{stem}.md").write_text(md)
+        print(md)
+        return 0
     cache = enable_compilation_cache(args.compile_cache)
     preset = smoke_preset() if args.smoke else PRESETS[args.preset]
     seeds = args.seeds if args.seeds is not None else ([args.seed] if args.seed is not None

@@ -194,3 +194,23 @@ def test_smoke_full_configuration_on_four_devices(tmp_path):
     fit = xr.load_dataset(tmp_path / "runs" / "aliev-panfilov_leads_s0" / "round_000" /
                           "metrics.nc", engine="h5netcdf")
     assert int(fit.attrs["n_devices"]) == 4
+
+
+def test_merge_parts_run_in_parallel():
+    ds = _fake(np.array([1.0, 1.1, 0.9]), 3.0)
+    ds["nearest"] = (("case", "method", "seed"), np.full(ds["recovered"].shape, "x"))
+    ds["formula"] = ds["nearest"]
+    for k, v in {"preset": "quick", "case_descriptions": "{}", "total_seconds": 2.0,
+                 "command": "c", "description": "d", "policy": "offline", "n_devices": 1,
+                 "device": "cpu", "cpu_count": 2, "jax_version": "x", "date": "t"}.items():
+        ds.attrs[k] = v
+    a = ds.isel(case=[0, 1])
+    b = ds.isel(case=[2], seed=[0])  # a part that ran one seed only
+    b.attrs["case_descriptions"] = '{"bueno-orovio": "d"}'
+    m = ls.merge([a, b])
+    assert list(m.case.values) == list(ds.case.values)
+    assert m.attrs["n_finished"] == 2 * 4 * 3 + 4 and m.attrs["n_runs"] == 3 * 4 * 3
+    assert np.isnan(m["test_rmse_clean"].sel(case="bueno-orovio", seed=1).values).all()
+    assert "Partial" in ls.markdown(m, 1.0)
+    with pytest.raises(ValueError, match="more than one part"):
+        ls.merge([a, a])
