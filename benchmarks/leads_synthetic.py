@@ -777,6 +777,9 @@ def merge(parts: list[xr.Dataset]) -> xr.Dataset:
     presets = {p.attrs["preset"] for p in parts}
     if len(presets) != 1:
         raise ValueError(f"--merge: the parts come from different presets {sorted(presets)}")
+    # a part's cases without any finished run (e.g. left to another process) drop out
+    parts = [p.isel(case=np.isfinite(p["n_candidates"].values).any(axis=(1, 2)))
+             for p in parts]
     cases = [c for p in parts for c in p.case.values]
     if len(set(cases)) != len(cases):
         raise ValueError(f"--merge: a case appears in more than one part: {cases}")
@@ -813,10 +816,14 @@ def deterministic_view(ds: xr.Dataset) -> xr.Dataset:
 # targets and tables
 # ---------------------------------------------------------------------------------------
 def _mean_spread(x) -> tuple[float, float]:
+    """Mean and spread over seeds of the finished runs (NaN: not run). A run whose model
+    diverged (inf) makes the mean inf."""
     x = np.asarray(x, float)
-    x = x[np.isfinite(x)]
+    x = x[~np.isnan(x)]
     if not x.size:
         return math.nan, math.nan
+    if np.isinf(x).any():
+        return math.inf, math.nan
     return float(x.mean()), float(x.max() - x.min()) if x.size > 1 else 0.0
 
 
@@ -844,7 +851,7 @@ def targets(ds: xr.Dataset) -> list[tuple[str, str, str]]:
             lm, ls = _mean_spread(L["test_rmse_clean"].sel(case=c).values)
             hm, hs = _mean_spread(H["test_rmse_clean"].sel(case=c).values)
             if c == "aliev-panfilov":
-                spread = max(ls, hs)
+                spread = max((x for x in (ls, hs) if math.isfinite(x)), default=math.nan)
                 ok = abs(lm - hm) <= spread if math.isfinite(spread) else False
                 rows.append((f"{c}: LEADS test error within the seed spread of the hand hybrid",
                              f"{lm:.3g} vs {hm:.3g} mV (spread {spread:.2g})",
@@ -871,10 +878,11 @@ def targets(ds: xr.Dataset) -> list[tuple[str, str, str]]:
         phys = _mean_spread(L["best_physics_test"].sel(case=c).values)[0]
         neu = (_mean_spread(ds["test_rmse_clean"].sel({"case": c, "method": "neural"}).values)[0]
                if "neural" in methods else math.nan)
-        ok = math.isfinite(hyb) and hyb < phys and (not math.isfinite(neu) or hyb < neu)
+        ok = math.isfinite(hyb) and hyb < phys and hyb < neu
         rows.append((f"{c}: best LEADS hybrid beats best physics-only and pure neural",
                      f"hybrid {hyb:.3g}, physics {phys:.3g}, neural {neu:.3g} mV",
-                     "met" if ok else "missed"))
+                     "n/a (not run)" if math.isnan(neu) or math.isnan(hyb) and math.isnan(phys)
+                     else "met" if ok else "missed"))
     six = [c for c in cases if c in (*GROUND_TRUTHS, *MISSPECIFIED, "scar")]
     for a in ABLATIONS:
         if a not in methods:
@@ -883,7 +891,10 @@ def targets(ds: xr.Dataset) -> list[tuple[str, str, str]]:
         for c in six:
             lm, ls = _mean_spread(L["test_rmse_clean"].sel(case=c).values)
             am, as_ = _mean_spread(ds["test_rmse_clean"].sel({"case": c, "method": a}).values)
-            if am - lm > max(ls, as_):
+            if math.isnan(am) or math.isnan(lm):
+                continue  # not run
+            spread = max(x for x in (ls, as_, 0.0) if math.isfinite(x))
+            if am - lm > spread:  # an ablation that diverged (inf) is worse
                 worse.append(c)
         rows.append((f"ablation {a} worse than LEADS by > seed spread on >= 2 of "
                      f"{len(six)} datasets", f"{len(worse)}: {', '.join(worse) or '-'}",
@@ -892,6 +903,8 @@ def targets(ds: xr.Dataset) -> list[tuple[str, str, str]]:
 
 
 def _fmt(m, s, nd=3):
+    if m == math.inf:
+        return "diverged"
     if not math.isfinite(m):
         return "n/a"
     return f"{m:.{nd}g}" + (f" ± {s:.2g}" if math.isfinite(s) and s > 0 else "")
@@ -934,7 +947,7 @@ def markdown(ds: xr.Dataset, elapsed: float) -> str:
             def ms(name, nd=3, r=r):
                 return _fmt(*_mean_spread(r[name].values), nd=nd)
 
-            near = ", ".join(sorted(set(str(x) for x in r["nearest"].values)))
+            near = ", ".join(sorted(set(str(x) for x in r["nearest"].values) - {""}))
             lines.append(f"| {m} | {ms('recovered', 2)} | {near} | "
                          f"{ms('structure_distance', 2)} | {ms('param_error', 2)} | "
                          f"{ms('test_rmse_clean')} | {ms('late_rmse_clean')} | "
@@ -1027,7 +1040,8 @@ def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pa
         ax.bar(pos, mean, color=["C1" if m == "leads" else "C0" for m in ds.method.values])
         ax.errorbar(pos, mean, yerr=[mean - lo, hi - mean], fmt="none", ecolor="k", lw=1)
         ax.set_xticks(pos, ds.method.values, rotation=70, fontsize=7)
-        ax.set_yscale("log")
+        if np.any(np.isfinite(mean) & (mean > 0)):  # nothing finished: no log axis
+            ax.set_yscale("log")
         ax.set_title(str(c), fontsize=9)
     axes[0, 0].set_ylabel("test RMSE vs clean truth (mV)")
     fig.tight_layout()
@@ -1038,11 +1052,19 @@ def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pa
 
     fig, axes = plt.subplots(1, len(ds.case), figsize=(3.2 * len(ds.case), 3.2), squeeze=False)
     for ax, c in zip(axes[0], ds.case.values, strict=True):
+        drawn = False
         for m in ds.method.values:
             tr = ds["trajectory"].sel({"case": c, "method": m}).values
-            ax.plot(ds.candidate.values, np.nanmean(np.where(np.isinf(tr), np.nan, tr), axis=0),
-                    label=str(m), lw=2 if m == "leads" else 1)
-        ax.set_yscale("log")
+            tr = np.where(np.isfinite(tr), tr, np.nan)
+            if not np.isfinite(tr).any():
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ax.plot(ds.candidate.values, np.nanmean(tr, axis=0), label=str(m),
+                        lw=2 if m == "leads" else 1)
+            drawn = True
+        if drawn:
+            ax.set_yscale("log")
         ax.set_xlabel("candidates fitted")
         ax.set_title(str(c), fontsize=9)
     axes[0, 0].set_ylabel("best validation RMSE (mV)")
