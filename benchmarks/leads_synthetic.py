@@ -974,6 +974,15 @@ def markdown(ds: xr.Dataset, elapsed: float) -> str:
 # ---------------------------------------------------------------------------------------
 # figures
 # ---------------------------------------------------------------------------------------
+def _save(fig, path: pathlib.Path) -> pathlib.Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pathlib.Path]:
     import matplotlib
 
@@ -1024,11 +1033,7 @@ def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pa
                 axes[i, 0].set_title(f"{c}: single cell (test window)", fontsize=9)
                 axes[i, 0].legend(fontsize=8)
                 axes[i, 1].axis("off")
-        fig.tight_layout()
-        p = out / f"{stem}_activation.png"
-        fig.savefig(p, dpi=90)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(fig, out / f"{stem}_activation.png"))
 
     fig, axes = plt.subplots(1, len(ds.case), figsize=(3.2 * len(ds.case), 3.4), squeeze=False)
     for ax, c in zip(axes[0], ds.case.values, strict=True):
@@ -1044,11 +1049,7 @@ def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pa
             ax.set_yscale("log")
         ax.set_title(str(c), fontsize=9)
     axes[0, 0].set_ylabel("test RMSE vs clean truth (mV)")
-    fig.tight_layout()
-    p = out / f"{stem}_test_error.png"
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(fig, out / f"{stem}_test_error.png"))
 
     fig, axes = plt.subplots(1, len(ds.case), figsize=(3.2 * len(ds.case), 3.2), squeeze=False)
     for ax, c in zip(axes[0], ds.case.values, strict=True):
@@ -1069,11 +1070,7 @@ def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pa
         ax.set_title(str(c), fontsize=9)
     axes[0, 0].set_ylabel("best validation RMSE (mV)")
     axes[0, -1].legend(fontsize=6)
-    fig.tight_layout()
-    p = out / f"{stem}_trajectory.png"
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(fig, out / f"{stem}_trajectory.png"))
     return paths
 
 
