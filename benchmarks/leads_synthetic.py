@@ -102,8 +102,8 @@ import xarray as xr
 
 from leads_jax import enable_compilation_cache
 from leads_jax.agent import METHODS, Budget, discover
-from leads_jax.agent._data import discovery_data, fit_dt
-from leads_jax.agent._observe import predict
+from leads_jax.agent._data import discovery_data
+from leads_jax.agent._loop import heldout_prediction
 from leads_jax.compile import bucket_size
 from leads_jax.datasets import default_conductivity, make_dataset
 from leads_jax.fit import FitConfig, load_candidate
@@ -447,16 +447,10 @@ def _activation(v, ts) -> np.ndarray:
 
 
 def _rollout_test(model, dd, config):
-    if model is None or dd.test is None:
-        return None
-    dt = fit_dt(config, dd, model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pred, _, div, _ = predict([model], dd.geometry, dd.test.stimuli, dd.test.ts,
-                                  solver=config.solver, dt=dt, min_bucket=config.min_bucket)
-    if bool(np.any(div[0])) or not np.all(np.isfinite(pred[0])):
-        return None
-    return np.asarray(pred[0], float)
+        pred = heldout_prediction(model, dd, config)
+    return None if pred is None else np.asarray(pred, float)
 
 
 def _test_clean(case: CaseData, dd) -> np.ndarray:

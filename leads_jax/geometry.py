@@ -190,6 +190,19 @@ def _check_isolated(n_nodes: int, used: np.ndarray, what: str):
         )
 
 
+def disconnected_message(k: int) -> str:
+    """The one wording of a disconnected geometry (warnings, errors, run notes)."""
+    return (f"the geometry is disconnected: {k} separate components (a wave cannot cross "
+            "between them)")
+
+
+def _warn_if_disconnected(geo: Geometry) -> Geometry:
+    k = geo.n_components
+    if k > 1:
+        warnings.warn(f"mesh {geo.name!r}: " + disconnected_message(k), stacklevel=3)
+    return geo
+
+
 def _normalise_regions(regions, region_names, n_nodes) -> tuple[np.ndarray, tuple[str, ...]]:
     if regions is None:
         r = np.zeros(n_nodes, dtype=np.int32)
@@ -287,6 +300,20 @@ class Geometry(eqx.Module):
     @property
     def pacing_site_names(self) -> tuple[str, ...]:
         return tuple(n for n, _ in self.pacing_sites)
+
+    @property
+    def n_components(self) -> int:
+        """Connected components of the edge graph (1 for a single cell): a wave paced in
+        one component never reaches another."""
+        n = self.n_nodes
+        if n == 1 or self.n_edges == 0:
+            return n
+        import scipy.sparse
+        import scipy.sparse.csgraph
+
+        e = np.asarray(self.edges)
+        a = scipy.sparse.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+        return int(scipy.sparse.csgraph.connected_components(a, directed=False)[0])
 
     # -- the operator --------------------------------------------------------------
     def laplacian(self, u: Float[Array, "*batch node"]) -> Float[Array, "*batch node"]:
@@ -703,7 +730,8 @@ class Geometry(eqx.Module):
                 w = np.maximum(w, 0.0)
         m = lumped_mass(v, f)
         r, names = _normalise_regions(regions, region_names, n)
-        return cls._build(v, e, w, m, r, names, f, "mesh", pacing_sites, name)
+        return _warn_if_disconnected(cls._build(v, e, w, m, r, names, f, "mesh", pacing_sites,
+                                                name))
 
     @classmethod
     def from_edges(
@@ -761,7 +789,8 @@ class Geometry(eqx.Module):
                 raise ValueError(f"mass must be positive and finite with shape ({n},)")
         order = np.lexsort((es[:, 1], es[:, 0]))
         r, names = _normalise_regions(regions, region_names, n)
-        return cls._build(v, es[order], w[order], m, r, names, None, "graph", pacing_sites, name)
+        return _warn_if_disconnected(cls._build(v, es[order], w[order], m, r, names, None,
+                                                "graph", pacing_sites, name))
 
     @classmethod
     def ventricle(

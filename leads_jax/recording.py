@@ -84,8 +84,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import scipy.sparse
-import scipy.sparse.csgraph
 import xarray as xr
 
 from ._custom_types import Array, Float, PRNGKeyArray
@@ -100,7 +98,7 @@ from .datasets import (
     _geometry_variables,
     save_dataset,
 )
-from .geometry import Geometry
+from .geometry import Geometry, disconnected_message
 from .stimulus import _FAR, DEFAULT_AMPLITUDE, Stimulus
 
 __all__ = [
@@ -302,15 +300,6 @@ def _read_mesh(spec):
         return z["vertices"], z["faces"], regions, names
 
 
-def _components(geo: Geometry) -> int:
-    n = geo.n_nodes
-    e = np.asarray(geo.edges)
-    if n == 1:
-        return 1
-    a = scipy.sparse.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
-    return int(scipy.sparse.csgraph.connected_components(a, directed=False)[0])
-
-
 def _region_labels(regions, n_nodes):
     r = np.asarray(regions)
     if r.shape != (n_nodes,):
@@ -353,7 +342,8 @@ def _build_geometry(geometry, n_nodes, regions, allow_disconnected, notes):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             geo = Geometry.from_mesh(verts, faces, name="recording mesh")
-        notes.extend(str(w.message) for w in caught)
+        # a disconnected mesh is this function's own check below (an error by default)
+        notes.extend(str(w.message) for w in caught if "disconnected" not in str(w.message))
         if regions is None and mesh_regions is not None:
             regions = mesh_regions
     if geo.n_nodes != n_nodes:
@@ -361,10 +351,9 @@ def _build_geometry(geometry, n_nodes, regions, allow_disconnected, notes):
     if regions is not None:
         labels, names = _region_labels(regions, n_nodes)
         geo = geo.with_regions(labels, names or region_names)
-    k = _components(geo)
+    k = geo.n_components
     if k > 1:
-        msg = (f"the geometry is disconnected: {k} separate components (a wave cannot cross "
-               "between them)")
+        msg = disconnected_message(k)
         if not allow_disconnected:
             raise ValueError(msg + "; fix the mesh or pass allow_disconnected=True")
         notes.append(msg)

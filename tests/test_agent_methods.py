@@ -19,15 +19,14 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import numpy as np
 import pytest
+from _kill import kill_during
 
 from leads_jax.agent import Budget, discover
 from leads_jax.datasets import make_dataset, save_dataset
@@ -173,19 +172,7 @@ def test_resume_in_a_fresh_process(tmp_path):
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen([sys.executable, str(script), path, str(out)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.time() + 600
-    killed_in = None
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            p = json.loads((out / "progress.json").read_text())
-        except (OSError, ValueError):
-            p = {}
-        if p.get("round") == 1 and p.get("phase") == "fit":
-            os.kill(proc.pid, signal.SIGKILL)
-            killed_in = p
-            break
-        time.sleep(0.01)
-    proc.wait(timeout=60)
+    killed_in = kill_during(proc, out)
     assert killed_in is not None, "the run ended before round 1 started fitting"
     assert (out / "round_000").is_dir() and not (out / "round_001").is_dir()
     round0 = (out / "round_000" / "metrics.json").read_bytes()

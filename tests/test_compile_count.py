@@ -256,3 +256,39 @@ def test_new_process_reads_exported_programs(tmp_path):
     assert out[1]["traces"] == {}, out[1]["traces"]
     assert out[1]["rmse"] == out[0]["rmse"] and out[1]["curve"] == out[0]["curve"]
     assert len(list((tmp_path / "cache" / "leads_jax_exported").glob("*.jaxexport"))) >= 2
+
+
+def test_engine_program_factories_build_one_program_per_key_across_threads():
+    """``leads_jax.agent.fit_round`` fits topology groups in threads. Two threads that
+    miss a factory's cache at once must get the same program (a plain ``lru_cache``
+    builds two, keeps one and drops the other with what it compiled, so a later call
+    recompiles: seen as a stray ``jit(init_optimizer)`` compilation in a repeat round)."""
+    import threading
+    import time
+
+    from leads_jax.fit import _engine
+
+    built = []
+
+    @_engine._one_per_key(maxsize=4)
+    def slow_factory(key):
+        built.append(key)
+        time.sleep(0.05)  # wide enough a window that unlocked threads would all miss
+        return object()
+
+    barrier = threading.Barrier(8)
+    got = []
+
+    def worker():
+        barrier.wait()
+        got.append(slow_factory("k"))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert built == ["k"] and len({id(g) for g in got}) == 1 and len(got) == 8
+    # the engine's own factories are the locked kind
+    for f in (_engine._optimizer, _engine._init_fn, _engine._chunk_fn, _engine._eval_fn):
+        assert f.__code__ is slow_factory.__code__, f

@@ -1,5 +1,7 @@
 """Geometries and their Laplacians: sign, dissipation, consistency with analytic values."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -295,3 +297,20 @@ def test_pacing_site_errors():
         cable(1)
     with pytest.raises(ValueError, match="dx"):
         sheet(4, 4, dx=-1.0)
+
+
+def test_disconnected_mesh_or_graph_warns_and_counts_components():
+    """A wave paced in one part of a disconnected geometry never reaches the other: the
+    constructors say so (a warning, since a user may mean it), ``n_components`` counts."""
+    verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [5, 5, 0], [6, 5, 0], [5, 6, 0]]) * 0.1
+    with pytest.warns(UserWarning, match="disconnected: 2 separate components"):
+        mesh = Geometry.from_mesh(verts, [[0, 1, 2], [3, 4, 5]])
+    assert mesh.n_components == 2
+    with pytest.warns(UserWarning, match="disconnected: 2 separate components"):
+        graph = Geometry.from_edges(verts, [[0, 1], [1, 2], [3, 4], [4, 5]])
+    assert graph.n_components == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # connected: silent
+        joined = Geometry.from_mesh(verts, [[0, 1, 2], [1, 3, 2], [3, 4, 5]])
+    assert joined.n_components == 1
+    assert Geometry.cable(8).n_components == 1 and Geometry.ventricle(200).n_components == 1

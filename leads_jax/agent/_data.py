@@ -35,8 +35,8 @@ import numpy as np
 import xarray as xr
 
 from ..datasets import TEST, VAL, FitData
-from ..geometry import Geometry
-from ..recording import RECORDING_FORMAT, _components, load_recording
+from ..geometry import Geometry, disconnected_message
+from ..recording import RECORDING_FORMAT, load_recording
 from ._observe import measure_traces
 
 __all__ = ["DiscoveryData", "RolloutData", "discovery_data", "estimate_noise", "fit_dt",
@@ -205,10 +205,9 @@ def data_warnings(fd: FitData) -> tuple[str, ...]:
     sample whose pacing sites are all zero), plus a disconnected geometry (parts no wave
     can reach from another), which only ``from_recording`` checks itself."""
     notes = list(fd.warnings)
-    k = _components(fd.geometry)
+    k = fd.geometry.n_components
     if k > 1 and not any("disconnected" in w for w in notes):
-        notes.append(f"the geometry is disconnected: {k} separate components (a wave cannot "
-                     "cross between them)")
+        notes.append(disconnected_message(k))
     return tuple(f"data: {w}" for w in dict.fromkeys(notes))
 
 

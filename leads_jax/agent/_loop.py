@@ -79,11 +79,21 @@ from ._select import Selection, select
 
 __all__ = ["Budget", "CompileLog", "DiscoveryResult", "discover", "fit_round"]
 
-TRAIN_PROGRAMS = ("jit(run)", "jit(_chunk)", "jit(train)")
-"""Names (JAX ``fun_name``) of the fitting engine's training program."""
-HEAVY_COMPILE_S = 0.25
-"""Compilations longer than this are counted as programs (shorter ones are the tiny
-eager operations of array bookkeeping)."""
+TRAIN_PROGRAMS = ("jit(train_chunk)",)
+"""Names (JAX ``fun_name``) of the fitting engine's training program: ``eval_every``
+optimisation steps of every member (``leads_jax.fit._engine._chunk_fn``)."""
+ENGINE_PROGRAMS = TRAIN_PROGRAMS + (
+    "jit(evaluate)",  # the loss of every member on one split (fit._engine._eval_fn)
+    "jit(init_optimizer)",  # optimizer states of every member (fit._engine._init_fn)
+    "jit(_track_best)",  # early-stopping bookkeeping (fit._engine)
+    "jit(_perturb_members)",  # restart noise (fit._fit)
+    "jit(_values_any)",  # fitted values of a parameter block (compile)
+    "jit(_rollout)",  # the observation's rollouts on validation and test (agent._observe)
+)
+"""The programs of a round that depend on the candidates' topologies, by name. Counting
+them by name, not by compile time, tells them from the small eager operations of array
+bookkeeping (``jit(add)``, ``jit(broadcast_in_dim)``, ...) on a machine of any speed and
+load; ``tests/test_agent_discover.py`` checks that a first round compiles each of them."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,8 +176,13 @@ class CompileLog:
         return float(sum(d for _, d in self.events))
 
     @property
+    def programs(self) -> list[str]:
+        """The engine programs compiled (:data:`ENGINE_PROGRAMS`), in order."""
+        return [n for n, _ in self.events if n in ENGINE_PROGRAMS]
+
+    @property
     def n_programs(self) -> int:
-        return sum(1 for _, d in self.events if d >= HEAVY_COMPILE_S)
+        return len(self.programs)
 
     @property
     def n_train_programs(self) -> int:
@@ -175,7 +190,8 @@ class CompileLog:
 
     def summary(self) -> dict:
         return {"n_compilations": len(self.events), "n_programs": self.n_programs,
-                "n_train_programs": self.n_train_programs, "compile_seconds": self.seconds}
+                "n_train_programs": self.n_train_programs, "programs": self.programs,
+                "compile_seconds": self.seconds}
 
 
 # ---------------------------------------------------------------------------------------
@@ -285,15 +301,29 @@ def _resolve_catalog(catalog, data: DiscoveryData) -> Catalog:
     return cat
 
 
-def _score_test(model, data: DiscoveryData, config) -> float:
+def heldout_prediction(model, data: DiscoveryData, config) -> np.ndarray | None:
+    """`model`'s rollout on the held-out test sites, ``(n_samples, n_times)`` in mV
+    (at :func:`fit_dt`, with the fit's solver), or ``None`` when there is no test split
+    or no model, or the rollout diverges or is not finite."""
     if data.test is None or model is None:
-        return math.nan
+        return None
     dt = fit_dt(config, data, model)
     pred, _, div, _ = predict([model], data.geometry, data.test.stimuli, data.test.ts,
                               solver=config.solver, dt=dt, min_bucket=config.min_bucket)
     if bool(np.any(div[0])) or not np.all(np.isfinite(pred[0])):
+        return None
+    return np.asarray(pred[0])
+
+
+def _score_test(model, data: DiscoveryData, config) -> float:
+    """The held-out test RMSE (mV) on the scored window: NaN without a test split or a
+    model, inf for a rollout that diverges."""
+    if data.test is None or model is None:
+        return math.nan
+    pred = heldout_prediction(model, data, config)
+    if pred is None:
         return math.inf
-    err = (pred[0] - data.test.observed)[:, data.test.scored]
+    err = (pred - data.test.observed)[:, data.test.scored]
     return float(np.sqrt(np.mean(err**2)))
 
 

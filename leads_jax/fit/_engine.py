@@ -24,6 +24,7 @@ to the bucket).
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -123,10 +124,36 @@ def make_optimizer(config: FitConfig) -> optax.GradientTransformation:
     return _optimizer(config.optimizer, config.clip_norm, float(config.learning_rate))
 
 
+def _one_per_key(maxsize: int):
+    """``functools.lru_cache``, with one lock around lookup-or-build.
+
+    The engine's jitted programs are built by these factories and hold their compiled
+    executables. ``leads_jax.agent.fit_round`` fits topology groups in threads, and a
+    plain ``lru_cache`` lets two threads that miss the same key at once each build a
+    program: one is kept, the other (with what it compiled) is dropped, and a later
+    call recompiles. Building is cheap (no tracing happens here), so the lock costs
+    nothing measurable; compilation runs later, outside it.
+    """
+    def wrap(fn):
+        cached = functools.lru_cache(maxsize=maxsize)(fn)
+        lock = threading.Lock()
+
+        @functools.wraps(fn)
+        def get(*args, **kwargs):
+            with lock:
+                return cached(*args, **kwargs)
+
+        get.cache_clear = cached.cache_clear
+        get.cache_info = cached.cache_info
+        return get
+
+    return wrap
+
+
 _RULES = {"adam": optax.adam, "adabelief": optax.adabelief, "sgd": optax.sgd}
 
 
-@functools.lru_cache(maxsize=32)
+@_one_per_key(maxsize=32)
 def _optimizer(name, clip_norm, learning_rate=1.0):
     rule = _RULES[name]
 
@@ -145,12 +172,12 @@ def _engine_optimizer(config: FitConfig) -> optax.GradientTransformation:
     return _optimizer(*_tx_spec(config))
 
 
-@functools.lru_cache(maxsize=32)
+@_one_per_key(maxsize=32)
 def _init_fn(tx, batched):
-    def one(params, lr):
+    def init_optimizer(params, lr):
         return optax.tree_utils.tree_set(tx.init(params), learning_rate=lr)
 
-    fn = jax.vmap(one, in_axes=(0, None)) if batched else one
+    fn = jax.vmap(init_optimizer, in_axes=(0, None)) if batched else init_optimizer
     return eqx.filter_jit(fn)
 
 
@@ -250,7 +277,7 @@ def _tx_spec(config: FitConfig) -> tuple:
     return (config.optimizer, config.clip_norm)
 
 
-@functools.lru_cache(maxsize=64)
+@_one_per_key(maxsize=64)
 def _chunk_fn(tx_spec, rollout, chunk, batched) -> Program:
     """A jitted function running up to `chunk` optimisation steps (``lax.scan``) for every
     member; the number of steps applied, ``n_active <= chunk``, is a traced argument
@@ -260,7 +287,7 @@ def _chunk_fn(tx_spec, rollout, chunk, batched) -> Program:
     if batched:
         step = eqx.filter_vmap(step, in_axes=(_in_batched,) * 4 + (None, None, None))
 
-    def run(params, opt_state, status, rest, context, data, n_active, loss_args):
+    def train_chunk(params, opt_state, status, rest, context, data, n_active, loss_args):
         def body(carry, i):
             def do(c):
                 p, o, s, loss = step(*c, rest, context, data, loss_args)
@@ -279,20 +306,21 @@ def _chunk_fn(tx_spec, rollout, chunk, batched) -> Program:
     def out_structure(params, opt_state, status, *_):
         return jax.tree.structure((params, opt_state, status, 0))
 
-    return Program(run, ("chunk", tx_spec, rollout, chunk, batched), out_structure)
+    return Program(train_chunk, ("chunk", tx_spec, rollout, chunk, batched), out_structure)
 
 
-@functools.lru_cache(maxsize=64)
+@_one_per_key(maxsize=64)
 def _eval_fn(rollout, batched) -> Program:
-    def one(params, rest, context, data, loss_args):
+    def evaluate(params, rest, context, data, loss_args):
         loss, (mse, diverged, reason, t_div) = member_loss(
             params, rest, context, data, rollout, loss_args[0], loss_args[1]
         )
         return loss, mse, diverged, reason, t_div
 
     if batched:
-        one = eqx.filter_vmap(one, in_axes=(_in_batched, _in_batched, None, None, None))
-    return Program(one, ("eval", rollout, batched), lambda *_: jax.tree.structure((0,) * 5))
+        evaluate = eqx.filter_vmap(evaluate,
+                                   in_axes=(_in_batched, _in_batched, None, None, None))
+    return Program(evaluate, ("eval", rollout, batched), lambda *_: jax.tree.structure((0,) * 5))
 
 
 @eqx.filter_jit

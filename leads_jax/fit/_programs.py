@@ -203,7 +203,7 @@ class Program:
         """The exported program at `path`, or exported now (and written there)."""
         if path.is_file():
             try:
-                return jax.jit(jax.export.deserialize(bytearray(path.read_bytes())).call)
+                return self._named(jax.export.deserialize(bytearray(path.read_bytes())).call)
             except Exception as e:  # a damaged or foreign file: trace again, overwrite it
                 warnings.warn(f"exported program {path.name} unreadable ({e}); tracing it",
                               stacklevel=3)
@@ -228,4 +228,13 @@ class Program:
             atomic_write_bytes(path, bytes(exported.serialize()))
         except OSError as e:
             warnings.warn(f"exported program not written to {path.parent}: {e}", stacklevel=3)
-        return jax.jit(exported.call)
+        return self._named(exported.call)
+
+    def _named(self, call: Callable) -> Callable:
+        """``jax.jit(call)`` under the program's own name (JAX's compile events and
+        profiles then name an exported program as they name its traced form)."""
+        def program(*leaves):
+            return call(*leaves)
+
+        program.__name__ = program.__qualname__ = getattr(self.fn, "__name__", "program")
+        return jax.jit(program)
