@@ -19,6 +19,7 @@ so that the module name is not shadowed.)
 
 __version__ = "0.1.0"
 
+from ._cache import cacheable_runtime_checks as cacheable_runtime_checks
 from ._cache import enable_compilation_cache as enable_compilation_cache
 from .codes import ResultCode as ResultCode
 from .compile import AbstractCompiledModel as AbstractCompiledModel

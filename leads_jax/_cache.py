@@ -11,8 +11,9 @@ environment variable ``LEADS_JAX_CACHE_DIR`` (read by that function), or by
 Two limits. JAX never reads a program that contains a host callback from the cache,
 and equinox's runtime checks (``eqx.error_if``, used inside diffrax) are host callbacks
 unless ``EQX_ON_ERROR=nan`` (or ``off``) is set in the environment *before* equinox is
-imported: with it, a failed check gives NaN, which the fitting engine records as
-divergence. And the cache saves compilation, not tracing: each program is still traced
+imported, or :func:`cacheable_runtime_checks` is called before the first fit (the
+``leads`` CLI does so whenever its cache is on): then a failed check gives NaN, which the
+fitting engine records as divergence. And the cache saves compilation, not tracing: each program is still traced
 and lowered to compute its key, which for the fitting engine's large programs is
 most of a warm run. So the engine also keeps those programs, traced and lowered, as
 exported StableHLO (``jax.export``) in ``<folder>/leads_jax_exported/``, and a later
@@ -24,10 +25,12 @@ from __future__ import annotations
 
 import os
 import pathlib
+import warnings
 
 import jax
 
-__all__ = ["CACHE_ENV", "enable_compilation_cache", "exported_programs_folder"]
+__all__ = ["CACHE_ENV", "cacheable_runtime_checks", "enable_compilation_cache",
+           "exported_programs_folder"]
 
 CACHE_ENV = "LEADS_JAX_CACHE_DIR"
 _EXPORT = False  # set by enable_compilation_cache(export_programs=...)
@@ -78,3 +81,34 @@ def enable_compilation_cache(path: str | os.PathLike | None = None, *,
     global _EXPORT
     _EXPORT = bool(export_programs)
     return folder
+
+
+def cacheable_runtime_checks() -> str:
+    """Make equinox's runtime checks return NaN (``EQX_ON_ERROR=nan``) in this process, so
+    that the fitting engine's programs can enter the persistent cache and be exported.
+
+    For a program of your own process (the ``leads`` CLI calls it when the cache is on;
+    the benchmarks set the variable before importing). ``EQX_ON_ERROR`` is read by
+    equinox at import, so setting the variable afterwards changes nothing; this sets
+    the value equinox's ``error_if`` reads when it is traced, and the variable, for
+    child processes. Call it before the first fit: programs traced earlier keep their
+    host callbacks. A failed check then gives NaN, which the engine records as
+    divergence, instead of raising. An ``EQX_ON_ERROR`` already in the environment is
+    the user's choice and is kept (with a warning when it keeps programs out of the
+    cache).
+
+    **Returns:** the mode in force (``"nan"``, or the environment's value).
+    """
+    import equinox._errors as eqx_errors
+
+    mine = os.environ.get("EQX_ON_ERROR")
+    if mine:
+        if mine not in ("nan", "off"):
+            warnings.warn(f"EQX_ON_ERROR={mine} (from the environment): equinox's runtime "
+                          "checks are host callbacks, which JAX never caches, so the fitting "
+                          "engine's large programs are compiled again in every process; set "
+                          "EQX_ON_ERROR=nan to cache them", stacklevel=2)
+        return mine
+    eqx_errors.EQX_ON_ERROR = "nan"
+    os.environ["EQX_ON_ERROR"] = "nan"
+    return "nan"

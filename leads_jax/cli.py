@@ -20,7 +20,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from ._cache import enable_compilation_cache
+from ._cache import cacheable_runtime_checks, enable_compilation_cache
 
 __all__ = ["main", "build_parser"]
 
@@ -293,11 +293,9 @@ def _cmd_discover(args) -> int:
         catalog = catalog.without(*[x.strip() for x in args.without.split(",") if x.strip()])
     config = FitConfig(steps=args.steps, learning_rate=args.learning_rate,
                        restarts=args.restarts)
-    import leads_jax
 
-    enable_cache = getattr(leads_jax, "enable_compilation_cache", None)
-    if enable_cache is not None and not args.no_compile_cache:
-        enable_cache()  # a resumed or repeated run does not recompile
+    if not args.no_compile_cache and enable_compilation_cache() is not None:
+        cacheable_runtime_checks()  # a resumed or repeated run does not recompile
     gain = {"auto": None, "on": True, "off": False}[args.observation_gain]
     res = discover(args.data, policy=args.policy, method=args.method, budget=budget,
                    key=jax.random.key(args.seed), out=args.out, resume=args.resume,
@@ -483,7 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        enable_compilation_cache(args.compile_cache)
+        if enable_compilation_cache(args.compile_cache) is not None:
+            cacheable_runtime_checks()  # else the large programs never enter the cache
         return int(args.func(args) or 0)
     except (ValueError, KeyError, FileNotFoundError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)

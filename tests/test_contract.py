@@ -239,3 +239,30 @@ def test_compilation_cache_is_off_unless_asked(monkeypatch, tmp_path):
         monkeypatch.setenv("LEADS_JAX_CACHE_DIR", str(tmp_path / "c"))
         assert leads_jax.enable_compilation_cache() == (tmp_path / "c").resolve()
         update.assert_any_call("jax_compilation_cache_dir", str((tmp_path / "c").resolve()))
+def test_cli_cache_makes_runtime_checks_cacheable(tmp_path):
+    """``leads --compile-cache DIR``: equinox's runtime checks become NaN in that process,
+    so the engine's large programs can be cached and exported (host callbacks never
+    are); without the cache nothing changes, and a user's own EQX_ON_ERROR is kept."""
+    import os
+    import subprocess
+    import sys
+
+    child = ("import sys, equinox._errors as e; from leads_jax import cli; "
+             "cli.main(sys.argv[1:]); print('MODE', e.EQX_ON_ERROR)")
+
+    def mode(args, **env_extra):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("EQX_ON_ERROR", "LEADS_JAX_CACHE_DIR")}
+        run = subprocess.run([sys.executable, "-c", child, *args, "report", str(tmp_path)],
+                             env={**env, "JAX_PLATFORMS": "cpu", **env_extra},
+                             capture_output=True, text=True, timeout=300)
+        line = [x for x in run.stdout.splitlines() if x.startswith("MODE ")]
+        assert line, run.stderr[-2000:]
+        return line[-1].split()[1], run.stderr
+
+    assert mode(["--compile-cache", str(tmp_path / "cache")])[0] == "nan"
+    assert mode([])[0] == "raise"
+    kept, err = mode(["--compile-cache", str(tmp_path / "cache")], EQX_ON_ERROR="raise")
+    assert kept == "raise" and "EQX_ON_ERROR=raise" in err
+
+
