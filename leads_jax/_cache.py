@@ -13,12 +13,12 @@ and equinox's runtime checks (``eqx.error_if``, used inside diffrax) are host ca
 unless ``EQX_ON_ERROR=nan`` (or ``off``) is set in the environment *before* equinox is
 imported, or :func:`cacheable_runtime_checks` is called before the first fit (the
 ``leads`` CLI does so whenever its cache is on): then a failed check gives NaN, which the
-fitting engine records as divergence. And the cache saves compilation, not tracing: each program is still traced
-and lowered to compute its key, which for the fitting engine's large programs is
-most of a warm run. So the engine also keeps those programs, traced and lowered, as
-exported StableHLO (``jax.export``) in ``<folder>/leads_jax_exported/``, and a later
-process calls them without tracing (:mod:`leads_jax.fit._programs` says exactly when a
-program is reused; ``export_programs=False`` turns this off).
+fitting engine records as divergence. And the cache saves compilation, not tracing: each
+program is still traced and lowered to compute its key, which for the fitting engine's
+large programs is most of a warm run. So the engine also keeps those programs, traced
+and lowered, as exported StableHLO (``jax.export``) in ``<folder>/leads_jax_exported/``,
+and a later process calls them without tracing (:mod:`leads_jax.fit._programs` says
+exactly when a program is reused; ``export_programs=False`` turns this off).
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ def enable_compilation_cache(path: str | os.PathLike | None = None, *,
     decides whether to use the cache at its first compilation. With `export_programs`
     (default) the fitting engine's training and evaluation programs are also kept in
     ``<path>/leads_jax_exported/`` so that a new process does not trace them again.
+    Those two programs only enter the cache with equinox's runtime checks as NaN: set
+    ``EQX_ON_ERROR=nan`` before importing equinox, or call
+    :func:`cacheable_runtime_checks` before the first fit (this function changes
+    neither).
 
     **Returns:** the cache folder, or ``None`` when the cache stays off.
     """

@@ -293,9 +293,6 @@ def _cmd_discover(args) -> int:
         catalog = catalog.without(*[x.strip() for x in args.without.split(",") if x.strip()])
     config = FitConfig(steps=args.steps, learning_rate=args.learning_rate,
                        restarts=args.restarts)
-
-    if not args.no_compile_cache and enable_compilation_cache() is not None:
-        cacheable_runtime_checks()  # a resumed or repeated run does not recompile
     gain = {"auto": None, "on": True, "off": False}[args.observation_gain]
     res = discover(args.data, policy=args.policy, method=args.method, budget=budget,
                    key=jax.random.key(args.seed), out=args.out, resume=args.resume,
@@ -481,7 +478,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if enable_compilation_cache(args.compile_cache) is not None:
+        # --compile-cache DIR, else $LEADS_JAX_CACHE_DIR, unless a command opts out; a
+        # resumed or repeated run then does not recompile
+        if (not getattr(args, "no_compile_cache", False)
+                and enable_compilation_cache(args.compile_cache) is not None):
             cacheable_runtime_checks()  # else the large programs never enter the cache
         return int(args.func(args) or 0)
     except (ValueError, KeyError, FileNotFoundError) as err:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 import pathlib
+import subprocess
+import sys
 from unittest import mock
 
 import jax
@@ -239,30 +242,36 @@ def test_compilation_cache_is_off_unless_asked(monkeypatch, tmp_path):
         monkeypatch.setenv("LEADS_JAX_CACHE_DIR", str(tmp_path / "c"))
         assert leads_jax.enable_compilation_cache() == (tmp_path / "c").resolve()
         update.assert_any_call("jax_compilation_cache_dir", str((tmp_path / "c").resolve()))
+
+
 def test_cli_cache_makes_runtime_checks_cacheable(tmp_path):
     """``leads --compile-cache DIR``: equinox's runtime checks become NaN in that process,
     so the engine's large programs can be cached and exported (host callbacks never
-    are); without the cache nothing changes, and a user's own EQX_ON_ERROR is kept."""
-    import os
-    import subprocess
-    import sys
+    are); without the cache nothing changes, a user's own EQX_ON_ERROR is kept, and
+    ``discover --no-compile-cache`` keeps the cache off even with $LEADS_JAX_CACHE_DIR."""
+    child = ("import sys, jax, equinox._errors as e; from leads_jax import cli; "
+             "cli.main(sys.argv[1:]); "
+             "print('MODE', e.EQX_ON_ERROR, jax.config.jax_compilation_cache_dir)")
 
-    child = ("import sys, equinox._errors as e; from leads_jax import cli; "
-             "cli.main(sys.argv[1:]); print('MODE', e.EQX_ON_ERROR)")
-
-    def mode(args, **env_extra):
+    def mode(argv, **env_extra):
         env = {k: v for k, v in os.environ.items()
                if k not in ("EQX_ON_ERROR", "LEADS_JAX_CACHE_DIR")}
-        run = subprocess.run([sys.executable, "-c", child, *args, "report", str(tmp_path)],
+        run = subprocess.run([sys.executable, "-c", child, *argv],
                              env={**env, "JAX_PLATFORMS": "cpu", **env_extra},
                              capture_output=True, text=True, timeout=300)
         line = [x for x in run.stdout.splitlines() if x.startswith("MODE ")]
         assert line, run.stderr[-2000:]
-        return line[-1].split()[1], run.stderr
+        return line[-1].split()[1:], run.stderr
 
-    assert mode(["--compile-cache", str(tmp_path / "cache")])[0] == "nan"
-    assert mode([])[0] == "raise"
-    kept, err = mode(["--compile-cache", str(tmp_path / "cache")], EQX_ON_ERROR="raise")
-    assert kept == "raise" and "EQX_ON_ERROR=raise" in err
-
-
+    cache = str(tmp_path / "cache")
+    report = ["report", str(tmp_path)]
+    assert mode(["--compile-cache", cache, *report])[0][0] == "nan"
+    assert mode(report)[0] == ["raise", "None"]
+    kept, err = mode(["--compile-cache", cache, *report], EQX_ON_ERROR="raise")
+    assert kept[0] == "raise" and "EQX_ON_ERROR=raise" in err
+    # discover opts out (it stops at the missing data file, after the cache decision)
+    discover = ["discover", "--data", str(tmp_path / "missing.nc"), "--out",
+                str(tmp_path / "run")]
+    assert mode([*discover, "--no-compile-cache"], LEADS_JAX_CACHE_DIR=cache)[0] == \
+        ["raise", "None"]
+    assert mode(discover, LEADS_JAX_CACHE_DIR=cache)[0][0] == "nan"
