@@ -16,11 +16,15 @@ Three stages, all driven by targets computed from whatever table is given
    (:class:`~ecg_world.pharmacology.Diurnal`) on placebo's mean change from baseline.
 3. **Shared channel-block -> ECG map** (:class:`~ecg_world.pharmacology.EffectMap`, the same
    for every drug) by weighted least squares of the simulated mean placebo-corrected changes
-   (QTcF, PR, QRS, HR; weights 1/SE of the observed mean) over all calibration drugs and
-   time points. The simulated cohort draws log-normal PK and PD variability with common random
-   numbers, so the objective is smooth and deterministic. Only the map, PK and variability are
-   fitted: there is no per-drug ECG parameter. The PD variability (``omega_pd``) is set so that
-   the simulated between-subject SD of ddQTcF at the peak matches the observed one.
+   (QTcF, PR, QRS, HR, and J-Tpeak_c where the table has it; weights 1/SE of the observed mean)
+   over all calibration drugs and time points, plus weak priors on the late-Na and L-type Ca
+   weights (:data:`MAP_PRIORS`). J-Tpeak_c is what identifies those weights: the mixed blockers
+   leave it almost unchanged while they prolong QTcF through Tpeak-Tend. The fit records
+   Gauss-Newton standard errors of the map (``fit_info["map_se"]``). The simulated cohort draws
+   log-normal PK and PD variability with common random numbers, so the objective is smooth and
+   deterministic. Only the map, PK and variability are fitted: there is no per-drug ECG
+   parameter. The PD variability (``omega_pd``) is set so that the simulated between-subject SD
+   of ddQTcF at the peak matches the observed one.
 
 **Simulating this study** means simulating its subjects as they were measured: every change is
 taken from one pre-dose time point per period, and a period whose baseline happened to be high
@@ -71,6 +75,7 @@ from .drugs import DrugLibrary, default_library, dose_to_mg
 from .ecgrdvq import (
     BASELINE_TPT,
     ENDPOINTS,
+    JT_ENDPOINT,
     as_read_table,
     compute_targets,
     subject_baselines,
@@ -83,6 +88,7 @@ from .pharmacology import (
     channel_block,
     concentrations,
     effects_from_block,
+    repolarisation_parts,
     scale_waves,
 )
 from .twin import kernel_intervals, twin_from_intervals
@@ -102,7 +108,20 @@ MAP_BOUNDS = {
     "w_alpha": (0.0, 5.0),
     "tol": (0.0, 1.0),
     "ktol_per_h": (0.05, 5.0),
+    "jt_share": (0.0, 1.0),
 }
+#: weak Gaussian priors ``(mean, sd)`` on the mitigation weights, added to the least squares
+#: as ``(w - mean) / sd``. A weight of 1 shortens the plateau per unit fractional block as
+#: much as a unit rise of the IKr "resistance" lengthens it; the SD of 1 leaves the data
+#: (ranolazine's and verapamil's J-Tpeak_c, which the study designed for this: Johannesen L et
+#: al., Clin Pharmacol Ther 2014;96:549-558) to decide. Mexiletine and lidocaine, late-Na
+#: blockers, removed 20 ms of dofetilide's QTc prolongation in a clinical trial (Johannesen L
+#: et al., Clin Pharmacol Ther 2016;99:214-223), so the weights are positive and far from zero
+#: in people; the bounds keep them >= 0 (physically signed), not at it.
+MAP_PRIORS: dict[str, tuple[float, float]] = {"w_inal": (1.0, 0.5), "w_ical": (1.0, 0.5)}
+#: the map's starting point in the fit (the two-part map starts with half the hERG
+#: prolongation in J-Tpeak)
+FIT_INIT = {"jt_share": 0.5}
 
 
 # --------------------------------------------------------------------------- stage 1: PK
@@ -259,14 +278,16 @@ def _with_drug_params(table, drug_ids, log_ke0, fu):
 
 
 def _cohort_effects(table, emap, drug_ids, dose_mg, times, eta_pk, eta_pd):
-    """Fractional effects for a virtual cohort: (drug, time, subject, 4)."""
+    """Fractional effects for a virtual cohort: (drug, time, subject, 5): QT, PR, QRS, HR
+    (bpm) and the J-Tpeak part of the QT change."""
 
     def one(d, dose, t, epk, epd):
         a = Action(d, dose, t)
         _, ce, ct = concentrations(table, a, epk, emap.ktol_per_h)
-        e = effects_from_block(emap, channel_block(table, d, ce), channel_block(table, d, ct),
-                               epd)
-        return jnp.stack([e.qt_frac, e.pr_frac, e.qrs_frac, e.hr_bpm])
+        be = channel_block(table, d, ce)
+        e = effects_from_block(emap, be, channel_block(table, d, ct), epd)
+        jt, _ = repolarisation_parts(emap, be, epd)
+        return jnp.stack([e.qt_frac, e.pr_frac, e.qrs_frac, e.hr_bpm, jt])
 
     f = jax.vmap(one, (None, None, None, 0, 0))  # subjects
     f = jax.vmap(f, (None, None, 0, None, None))  # times
@@ -317,8 +338,10 @@ def kernel_sensitivity(bdist: dict, *, dhr: float = 10.0, dfrac: float = 0.1) ->
 
 
 def effects_to_ms(frac, base: pd.Series, sens: dict | None = None):
-    """(..., 4) fractional QT, PR, QRS and HR (bpm) -> ddQTcF, ddPR, ddQRS (ms), ddHR (bpm),
-    including the kernel's realisation gains and rate coupling (:func:`kernel_sensitivity`)."""
+    """(..., 5) fractional QT, PR, QRS, HR (bpm) and J-Tpeak part of QT -> ddQTcF, ddPR,
+    ddQRS (ms), ddHR (bpm), ddJTpc (ms), including the kernel's realisation gains and rate
+    coupling (:func:`kernel_sensitivity`). The J-Tpeak part is a share of the QT change
+    (same scale; J-Tpeak_c is corrected for rate by the study's exponent, so no rate term)."""
     s = {**NEUTRAL_SENSITIVITY, **(sens or {})}
     hr = frac[..., 3]
     return jnp.stack([
@@ -327,7 +350,18 @@ def effects_to_ms(frac, base: pd.Series, sens: dict | None = None):
         + s["dPR_dqt"] * frac[..., 0],
         frac[..., 2] * base["QRS"] * s["gain_qrs"] + s["dQRS_dHR"] * hr,
         hr,
+        frac[..., 4] * base["QTcF"] * s["gain_qt"],
     ], axis=-1)
+
+
+#: endpoints of the effect-space simulation (:func:`effects_to_ms`), in order
+SIM_ENDPOINTS: tuple[str, ...] = ENDPOINTS + (JT_ENDPOINT,)
+
+
+def fit_endpoints(targets: xr.Dataset) -> list[str]:
+    """The simulated endpoints the targets observe (J-Tpeak_c only where the table has it)."""
+    have = set(targets.endpoint.values)
+    return [e for e in SIM_ENDPOINTS if e in have]
 
 
 class CohortDesign:
@@ -371,14 +405,17 @@ def simulate_effects(design: CohortDesign, table, emap: EffectMap, variability=N
 _cohort_effects_jit = jax.jit(_cohort_effects)
 
 
-def _target_arrays(targets, drugs, se_floor=(2.0, 2.0, 1.0, 1.0)):
+_SE_FLOOR = {"QTcF": 2.0, "PR": 2.0, "QRS": 1.0, "HR": 1.0, JT_ENDPOINT: 2.0}
+
+
+def _target_arrays(targets, drugs):
     """Observed means less the study's regression-to-the-mean term (the simulation is then
-    compared on the drug effect alone) and weights 1/SE."""
-    obs = (targets.dd_mean - rtm_term(targets)).sel(drug=drugs,
-                                                     endpoint=list(ENDPOINTS)).values
-    sd = targets.dd_sd.sel(drug=drugs, endpoint=list(ENDPOINTS)).values
-    n = targets.dd_n.sel(drug=drugs, endpoint=list(ENDPOINTS)).values
-    se = np.maximum(sd / np.sqrt(np.maximum(n, 1)), np.asarray(se_floor))
+    compared on the drug effect alone) and weights 1/SE, on :func:`fit_endpoints`."""
+    eps = fit_endpoints(targets)
+    obs = (targets.dd_mean - rtm_term(targets)).sel(drug=drugs, endpoint=eps).values
+    sd = targets.dd_sd.sel(drug=drugs, endpoint=eps).values
+    n = targets.dd_n.sel(drug=drugs, endpoint=eps).values
+    se = np.maximum(sd / np.sqrt(np.maximum(n, 1)), np.asarray([_SE_FLOOR[e] for e in eps]))
     keep = (targets.time.values > BASELINE_TPT)[None, :, None] & np.isfinite(obs)
     return (jnp.asarray(np.where(keep, obs, 0.0), jnp.float32),
             jnp.asarray(np.where(keep, 1.0 / se, 0.0), jnp.float32))
@@ -415,6 +452,10 @@ def fit_effect_map(
     eta_pk, eta_pd = design.etas(variability)
     n_map = len(MAP_FIELDS)
     n_d = len(drugs) if fit_drug_pk else 0
+    n_ep = len(fit_endpoints(targets))
+    prior_idx = np.asarray([MAP_FIELDS.index(k) for k in MAP_PRIORS], np.int32)
+    prior_mu = jnp.asarray([m for m, _ in MAP_PRIORS.values()], jnp.float32)
+    prior_sd = jnp.asarray([s for _, s in MAP_PRIORS.values()], jnp.float32)
 
     def resid(p):
         emap = _map_from_vector(p[:n_map])
@@ -422,12 +463,13 @@ def fit_effect_map(
                                  p[n_map + n_d:]) if fit_drug_pk else table)
         frac = _cohort_effects(tab, emap, design.drug_ids, design.dose_mg, design.t_eval,
                                eta_pk, eta_pd)
-        sim = effects_to_ms(frac, base, sens).mean(axis=2)
-        return ((sim - obs) * w).ravel()
+        sim = effects_to_ms(frac, base, sens).mean(axis=2)[..., :n_ep]
+        prior = (p[prior_idx] - prior_mu) / prior_sd
+        return jnp.concatenate([((sim - obs) * w).ravel(), prior])
 
     resid_j = jax.jit(resid)
     jac_j = jax.jit(jax.jacfwd(resid))
-    init = init or EffectMap.default()
+    init = init or EffectMap.default(**FIT_INIT)
     ke0_0 = [np.log(min(max(float(library[d].pk["ke0_per_h"]), 0.11), 49.0)) for d in drugs]
     fu_rng = [library[d].unbound_fraction_range or (library[d].unbound_fraction,) * 2
               for d in drugs]
@@ -448,9 +490,25 @@ def fit_effect_map(
     drug_pk = {d: {"ke0_per_h": float(np.exp(fit.x[n_map + i])),
                    "unbound_fraction": float(fit.x[n_map + n_d + i])}
                for i, d in enumerate(drugs)} if fit_drug_pk else {}
+    # Gauss-Newton standard errors of the map (scaled by the residual variance): a weight
+    # whose SE is as large as its prior SD is not identified by the table
+    jac = np.asarray(jac_j(jnp.asarray(fit.x, jnp.float32)), float)
+    n_pts = int(np.sum(np.asarray(w) > 0))
+    free = (fit.x > lb + 1e-6) & (fit.x < ub - 1e-6)
+    se = np.full(len(fit.x), np.nan)
+    try:
+        jf = jac[:, free]
+        cov = np.linalg.pinv(jf.T @ jf) * max(2 * fit.cost / max(n_pts - int(free.sum()), 1),
+                                              1.0)
+        se[free] = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    except np.linalg.LinAlgError:  # pragma: no cover - a singular Jacobian leaves NaN
+        pass
     info = {"cost": float(fit.cost), "nfev": int(fit.nfev), "status": int(fit.status),
-            "chi2_per_point": float(2 * fit.cost / max(int(np.sum(np.asarray(w) > 0)), 1)),
-            "drugs": [str(d) for d in drugs]}
+            "chi2_per_point": float(2 * fit.cost / max(n_pts, 1)),
+            "drugs": [str(d) for d in drugs], "endpoints": fit_endpoints(targets),
+            "map_se": {k: float(se[i]) for i, k in enumerate(MAP_FIELDS)},
+            "priors": {k: {"mean": m, "sd": sd} for k, (m, sd) in MAP_PRIORS.items()},
+            "at_bound": [k for i, k in enumerate(MAP_FIELDS) if not free[i]]}
     return emap, info, drug_pk
 
 
@@ -578,14 +636,14 @@ def predicted_time_courses(cal: Calibration, targets: xr.Dataset, *, drugs=None,
     PK/PD variability)."""
     drugs = list(drugs or targets.drug.values)
     design = CohortDesign(targets, cal.library, cal.variability, n_virtual, seed, drugs)
+    eps = fit_endpoints(targets)
     sim = simulate_effects(design, cal.library.table(), cal.emap, cal.variability,
-                           targets.base_mean.to_series(), cal.sensitivity)
+                           targets.base_mean.to_series(), cal.sensitivity)[..., :len(eps)]
     dims = ("drug", "time", "endpoint")
     pop = xr.DataArray(sim.mean(axis=2), dims=dims,
-                       coords={"drug": drugs, "time": targets.time.values,
-                               "endpoint": list(ENDPOINTS)})
+                       coords={"drug": drugs, "time": targets.time.values, "endpoint": eps})
     return xr.Dataset(
-        {"sim_mean": pop + rtm_term(targets).sel(drug=drugs, endpoint=list(ENDPOINTS)),
+        {"sim_mean": pop + rtm_term(targets).sel(drug=drugs, endpoint=eps),
          "sim_mean_population": pop,
          "sim_sd": (dims, sim.std(axis=2))})
 
@@ -690,3 +748,64 @@ def cross_validate(table, *, k: int = 4, seed: int = 0, library: DrugLibrary | N
                     attrs={"k": k, "seed": seed, "n_virtual": n_virtual, "max_nfev": max_nfev,
                            "method": "ecg_world.calibration.cross_validate"})
     return ds, cov, folds
+
+
+# --------------------------------------------------------------------- checks on the map
+
+
+def without_block(table, drug_id: int, target: str):
+    """``table`` with one drug's block of one target removed (its IC50 set to the
+    no-block value), for the mitigation check."""
+    from .drugs import _NO_BLOCK_IC50, TARGETS
+
+    j = TARGETS.index(target)
+    return eqx.tree_at(lambda tb: tb.ic50_nM, table,
+                       table.ic50_nM.at[drug_id, j].set(_NO_BLOCK_IC50))
+
+
+def mitigation_check(cal: Calibration, targets: xr.Dataset, *, n_virtual: int = 512,
+                     seed: int = 1) -> pd.DataFrame:
+    """Peak population-mean ddQTcF and ddJTpc of each mixed blocker with its late-Na
+    (ranolazine) or L-type Ca (verapamil) block as fitted and removed: with a positive
+    mitigation weight, removing the block raises the prediction."""
+    rows = []
+    base = targets.base_mean.to_series()
+    table = cal.library.table()
+    for drug, target in (("ranolazine", "INaL"), ("verapamil", "ICaL"),
+                         ("quinidine", "INaL"), ("quinidine", "ICaL")):
+        if drug not in targets.drug.values or drug not in cal.library:
+            continue
+        design = CohortDesign(targets, cal.library, cal.variability, n_virtual, seed, [drug])
+        row = {"drug": drug, "block_removed": target}
+        for tag, tab in (("as_fitted", table),
+                         ("without", without_block(table, cal.library.index(drug), target))):
+            sim = simulate_effects(design, tab, cal.emap, cal.variability, base,
+                                   cal.sensitivity).mean(axis=2)[0]
+            row[f"peak_ddQTcF_{tag}"] = float(np.nanmax(sim[:, 0]))
+            row[f"peak_ddJTpc_{tag}"] = float(np.nanmax(sim[:, 4]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def peak_sd_table(cal: Calibration, targets: xr.Dataset, *, n_virtual: int = 512,
+                  seed: int = 1) -> pd.DataFrame:
+    """Between-subject SD of ddQTcF at each drug's observed peak time: simulated (PK and PD
+    variability of the calibration, effect space; no measurement noise) against the
+    table's SD over subjects (which also holds the measurement and within-subject noise of
+    a double difference: the SD under the weakest drug, ``resid_sd``, estimates it)."""
+    pred = predicted_time_courses(cal, targets, n_virtual=n_virtual, seed=seed)
+    sd = targets.dd_sd.sel(endpoint="QTcF")
+    weakest = targets.dd_mean.sel(endpoint="QTcF").max("time").idxmin("drug").item()
+    rows = []
+    for d in pred.drug.values:
+        m = targets.dd_mean.sel(drug=d, endpoint="QTcF").values
+        j = int(np.nanargmax(m))
+        obs = float(sd.sel(drug=d).values[j])
+        sim = float(pred.sim_sd.sel(drug=d, endpoint="QTcF").values[j])
+        resid = float(sd.sel(drug=weakest).values[j])
+        tot = float(np.hypot(sim, resid))
+        rows.append({"drug": str(d), "peak_time_h": float(targets.time.values[j]),
+                     "obs_sd": obs, "sim_sd": sim, "resid_sd": resid,
+                     "sim_plus_resid_sd": tot, "ratio_sim": sim / obs,
+                     "ratio_sim_plus_resid": tot / obs})
+    return pd.DataFrame(rows)

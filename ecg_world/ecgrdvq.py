@@ -56,9 +56,16 @@ from leads_jax.physics.ecg_fiducials import qtc_fridericia as qtc_fridericia
 from .drugs import DrugLibrary, concentration_to_ng_ml, default_library
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("RANDID", "EXTRT", "TPT", "RR", "PR", "QT", "QRS")
-OPTIONAL_COLUMNS: tuple[str, ...] = ("EXDOSE", "EXDOSU", "PCSTRESN", "PCSTRESU", "SEX", "AGE")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("EXDOSE", "EXDOSU", "PCSTRESN", "PCSTRESU", "SEX", "AGE",
+                                     "JTPEAK")
 INTERVALS: tuple[str, ...] = ("RR", "PR", "QT", "QRS")
 ENDPOINTS: tuple[str, ...] = ("QTcF", "PR", "QRS", "HR")
+#: the early-repolarisation endpoint, J-Tpeak corrected for rate as in the study,
+#: ``JTpc = J-Tpeak / RR^0.58`` (RR in s; Johannesen L et al., Clin Pharmacol Ther
+#: 2014;96:549-558): hERG block prolongs it, late-Na and L-type Ca block shorten it, so it
+#: identifies the map's mitigation terms (:mod:`ecg_world.calibration`).
+JT_ENDPOINT = "JTpc"
+JTPC_EXPONENT = 0.58
 BASELINE_TPT = -0.5
 _WRAP = 2**32
 
@@ -73,7 +80,8 @@ def read_ecgrdvq(
 
     **Returns:** a DataFrame with the original columns plus ``subject`` (int), ``drug``
     (canonical key), ``tpt`` (h), ``HR`` (bpm), ``QTcF``, ``QTcB`` (ms), ``conc_ng_ml`` and
-    ``conc_free_nM``. ``df.attrs["repairs"]`` counts the repairs made.
+    ``conc_free_nM``, and ``JTpc`` (ms) where the table has ``JTPEAK``.
+    ``df.attrs["repairs"]`` counts the repairs made.
     """
     library = library or default_library()
     if isinstance(path, pd.DataFrame):
@@ -103,6 +111,11 @@ def read_ecgrdvq(
         v = v.where(~bad)
         repairs["na_intervals"] += int(v.isna().sum())
         df[c] = v
+    if "JTPEAK" in df.columns:
+        jt = pd.to_numeric(df["JTPEAK"], errors="coerce").astype(float)
+        repairs["nonpositive_intervals"] += int((jt <= 0).sum())
+        df["JTPEAK"] = jt.where(jt > 0)
+        df[JT_ENDPOINT] = df["JTPEAK"] / (df["RR"] / 1000.0) ** JTPC_EXPONENT
     names = df["EXTRT"].astype(str)
     unknown = sorted({n for n in names.unique() if n not in library})
     if unknown:
@@ -148,8 +161,8 @@ def as_read_table(
 
 def triplicate_means(df: pd.DataFrame) -> pd.DataFrame:
     """Mean of the replicate ECGs per subject, drug and time point (NaN skipped)."""
-    cols = [c for c in ("RR", "PR", "QT", "QRS", "HR", "QTcF", "QTcB", "conc_ng_ml",
-                        "conc_free_nM") if c in df.columns]
+    cols = [c for c in ("RR", "PR", "QT", "QRS", "HR", "QTcF", "QTcB", JT_ENDPOINT,
+                        "conc_ng_ml", "conc_free_nM") if c in df.columns]
     return df.groupby(["subject", "drug", "tpt"], as_index=False)[cols].mean()
 
 
@@ -295,11 +308,13 @@ def check_design(df: pd.DataFrame, placebo: str = "placebo") -> None:
 def compute_targets(
     table: str | pathlib.Path | pd.DataFrame,
     *,
-    endpoints=ENDPOINTS,
+    endpoints=None,
     level: float | int = 0.90,
     library: DrugLibrary | None = None,
 ) -> xr.Dataset:
     """Calibration targets computed from a table (a path, raw or already read DataFrame).
+
+    ``endpoints``: default :data:`ENDPOINTS`, plus ``JTpc`` where the table has J-Tpeak.
 
     **Returns:** an ``xarray.Dataset`` with
 
@@ -316,6 +331,9 @@ def compute_targets(
     """
     df = as_read_table(table, library=library)
     check_design(df)
+    if endpoints is None:
+        has_jt = JT_ENDPOINT in df and bool(np.isfinite(df[JT_ENDPOINT]).any())
+        endpoints = ENDPOINTS + ((JT_ENDPOINT,) if has_jt else ())
     endpoints = tuple(endpoints)
     means = triplicate_means(df)
     ch = change_from_baseline(means, endpoints)
@@ -349,7 +367,8 @@ def compute_targets(
             v = v[np.isfinite(v)]
             if v.size:
                 conc[i, j] = float(np.median(v))
-    base_cols = ("RR", "PR", "QRS", "QT", "QTcF", "HR")
+    base_cols = ("RR", "PR", "QRS", "QT", "QTcF", "HR") + (
+        (JT_ENDPOINT,) if JT_ENDPOINT in endpoints else ())
     base = means[means.tpt == BASELINE_TPT].groupby("subject")[list(base_cols)].mean()
     ds = xr.Dataset(
         {
@@ -365,7 +384,7 @@ def compute_targets(
             "subjects": [int(s) for s in sorted(df.subject.unique())],
             "level": level,
             "repairs": str(df.attrs.get("repairs", {})),
-            "units": "ms (QTcF, PR, QRS), bpm (HR), h (time), ng/mL (conc_median)",
+            "units": "ms (QTcF, PR, QRS, JTpc), bpm (HR), h (time), ng/mL (conc_median)",
         },
     )
     rtm = baseline_regression(means, endpoints).reindex(drug=drugs)

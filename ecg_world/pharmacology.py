@@ -24,12 +24,23 @@ block at low concentration.
 
 **Shared map** (:class:`EffectMap`; identical for all drugs, fitted by ``calibration.py``):
 
-- repolarisation: ``dQT/QT = qt_gain * D * exp(qt_curv * D) * exp(eta_pd)``,
-  ``D = b_IKr / (1 - b_IKr) - w_INaL b_INaL - w_ICaL b_ICaL`` (net loss of repolarisation
-  reserve: ``b/(1-b)`` is the relative rise of the IKr "resistance" 1/g_Kr, which equals the
-  free concentration over IC50 for a Hill coefficient of 1; as in
-  multichannel block models: late-Na and Ca block shorten the action potential; ``qt_curv``
-  lets the fit bend the curve, > 0 convex as the repolarisation reserve runs out);
+- repolarisation, in two parts: with ``K = b_IKr / (1 - b_IKr)`` (the relative rise of the
+  IKr "resistance" 1/g_Kr, which equals the free concentration over IC50 for a Hill
+  coefficient of 1), ``M = w_INaL b_INaL + w_ICaL b_ICaL`` (late-Na and L-type Ca block
+  shorten the plateau) and ``S = qt_gain * exp(qt_curv * K) * exp(eta_pd)`` (``qt_curv`` > 0:
+  convex as the repolarisation reserve runs out),
+
+      early (J-Tpeak) part   dJT/QT = S * jt_share * (K - M)
+      late (Tpeak-Tend) part dTT/QT = S * (1 - jt_share) * K
+      dQT/QT = S * (K - jt_share * M)
+
+  This is the multichannel signature of the SCR-002 study (Johannesen L et al., Clin
+  Pharmacol Ther 2014;96:549-558; Johannesen L et al., Clin Pharmacol Ther 2016;99:214-223):
+  hERG block prolongs both J-Tpeak and Tpeak-Tend, late-Na and Ca block shorten J-Tpeak only,
+  so a mixed blocker (ranolazine, verapamil) still prolongs QTc through Tpeak-Tend while its
+  J-Tpeak stays put. The calibration fits ``jt_share`` and the weights ``w`` to the study's
+  J-Tpeak_c (``JTpc``) next to QTcF, so the mitigation terms are identified by the data, with
+  a weak prior (:data:`ecg_world.calibration.MAP_PRIORS`) instead of a bound at zero;
 - AV conduction: ``dPR/PR = pr_ICaL b_ICaL exp(pr_curv b_ICaL) + pr_INa b_INa``;
 - ventricular conduction: ``dQRS/QRS = qrs_INa b_INa``;
 - heart rate: vasodilation ``V = b_ICaL + w_alpha b_alpha1`` drives a baroreflex tachycardia
@@ -99,12 +110,17 @@ class EffectMap(eqx.Module):
     w_alpha: Float[Array, ""]
     tol: Float[Array, ""]
     ktol_per_h: Float[Array, ""]
+    jt_share: Float[Array, ""]
 
     @classmethod
     def default(cls, **overrides) -> EffectMap:
+        """Defaults (the fit's starting point). ``jt_share`` defaults to 1 (mitigation acts on
+        the whole QT), which reads a calibration file written before the two-part map as it
+        was fitted."""
         vals = dict(qt_gain=0.3, qt_curv=0.0, w_inal=0.5, w_ical=0.2, pr_ical=2.0, pr_curv=0.0,
                     pr_ina=0.5,
-                    qrs_ina=0.5, hr_gain=60.0, w_alpha=0.3, tol=0.5, ktol_per_h=0.5)
+                    qrs_ina=0.5, hr_gain=60.0, w_alpha=0.3, tol=0.5, ktol_per_h=0.5,
+                    jt_share=1.0)
         vals.update(overrides)
         return cls(**{k: jnp.asarray(v, jnp.float32) for k, v in vals.items()})
 
@@ -254,15 +270,26 @@ def soft_bound(f, lo: float, hi: float, n: int = _BOUND_ORDER):
     return jnp.sign(f) * big * g
 
 
+def repolarisation_parts(
+    emap: EffectMap, block_e: Float[Array, " target"], eta_pd=0.0
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """The early (J-Tpeak) and late (Tpeak-Tend) parts of the fractional QT change, before
+    the response bound (see the module docstring); their sum is the QT change."""
+    b_kr = jnp.minimum(block_e[_IKR], 0.99)
+    k = b_kr / (1.0 - b_kr)
+    m = emap.w_inal * block_e[_INAL] + emap.w_ical * block_e[_ICAL]
+    s = emap.qt_gain * jnp.exp(emap.qt_curv * k) * jnp.exp(eta_pd)
+    return s * emap.jt_share * (k - m), s * (1.0 - emap.jt_share) * k
+
+
 def effects_from_block(
     emap: EffectMap, block_e: Float[Array, " target"], block_t: Float[Array, " target"],
     eta_pd=0.0,
 ) -> EcgEffects:
     """Apply the shared map to effect-site and tolerance-site block; the fractional QT, PR
     and QRS changes are bounded by :data:`RESPONSE_BOUNDS` (:func:`soft_bound`)."""
-    b_kr = jnp.minimum(block_e[_IKR], 0.99)
-    drive = b_kr / (1.0 - b_kr) - emap.w_inal * block_e[_INAL] - emap.w_ical * block_e[_ICAL]
-    qt = emap.qt_gain * drive * jnp.exp(emap.qt_curv * drive) * jnp.exp(eta_pd)
+    jt, tt = repolarisation_parts(emap, block_e, eta_pd)
+    qt = jt + tt
     b_cal = block_e[_ICAL]
     pr = emap.pr_ical * b_cal * jnp.exp(emap.pr_curv * b_cal) + emap.pr_ina * block_e[_INA]
     qrs = emap.qrs_ina * block_e[_INA]

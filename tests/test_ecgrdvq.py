@@ -166,3 +166,21 @@ def test_baseline_regression_on_the_study(table, targets):
 def test_missing_table_says_where_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="physionet.org/content/ecgrdvq"):
         read_ecgrdvq(tmp_path / "none.csv")
+
+
+def test_jtpeak_endpoint_read_and_optional(data_dir, table, targets):
+    """J-Tpeak_c = JTPEAK / RR^0.58 (the study's correction) is read when the table has
+    JTPEAK and joins the targets; the study's multichannel signature is in it (dofetilide
+    lengthens J-Tpeak_c, ranolazine and verapamil barely move it); a table without the
+    column gives the four core endpoints."""
+    from ecg_world.ecgrdvq import JT_ENDPOINT
+
+    row = table.dropna(subset=["JTPEAK", "RR"]).iloc[0]
+    assert row[JT_ENDPOINT] == pytest.approx(row.JTPEAK / (row.RR / 1000.0) ** 0.58)
+    assert list(targets.endpoint.values) == ["QTcF", "PR", "QRS", "HR", JT_ENDPOINT]
+    jt = targets.dd_mean.sel(endpoint=JT_ENDPOINT).max("time")
+    assert float(jt.sel(drug="dofetilide")) > 30
+    assert float(jt.sel(drug="ranolazine")) < 6 and float(jt.sel(drug="verapamil")) < 4
+    raw = pd.read_csv(data_dir / CSV).drop(columns=["JTPEAK"])
+    t = compute_targets(raw)
+    assert list(t.endpoint.values) == ["QTcF", "PR", "QRS", "HR"]

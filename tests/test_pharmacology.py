@@ -202,3 +202,22 @@ def test_eager_apply_action_compiles_once():
     traced = jax.jit(lambda t: pharmacology.apply_action(one, action, t=t, pharm=pharm)
                      .ecg.ti[4])
     np.testing.assert_allclose(eager, [float(traced(t)) for t in (1.0, 2.5, 3.0)], rtol=1e-6)
+
+
+def test_two_part_repolarisation_map():
+    """The QT change is the sum of a J-Tpeak part and a Tpeak-Tend part; late-Na and L-type
+    Ca block shorten the J-Tpeak part only; with ``jt_share = 1`` the mitigation acts on the
+    whole QT (the reading of a calibration file written before the split)."""
+    from ecg_world.pharmacology import repolarisation_parts
+
+    emap = EffectMap.default(qt_gain=0.1, qt_curv=0.0, w_inal=1.0, w_ical=1.0, jt_share=0.4)
+    blk = jnp.asarray([0.5, 0.0, 0.0, 0.0, 0.0])
+    jt, tt = repolarisation_parts(emap, blk)
+    assert float(jt) == pytest.approx(0.1 * 0.4 * 1.0) and float(tt) == pytest.approx(0.06)
+    assert float(effects_from_block(emap, blk, blk).qt_frac) == pytest.approx(float(jt + tt),
+                                                                             rel=1e-3)
+    jt2, tt2 = repolarisation_parts(emap, blk.at[1].set(0.3))
+    assert float(tt2) == float(tt) and float(jt2) == pytest.approx(float(jt) - 0.1 * 0.4 * 0.3)
+    one = EffectMap.default(qt_gain=0.1, w_inal=1.0, jt_share=1.0)
+    jt1, tt1 = repolarisation_parts(one, blk.at[1].set(0.3))
+    assert float(tt1) == 0.0 and float(jt1) == pytest.approx(0.1 * (1.0 - 0.3))
