@@ -44,7 +44,7 @@ DEFAULT_BASELINE = {
 }
 
 _PK_FIELDS = ("ka_per_h", "ke_per_h", "v_over_f_l", "tlag_h", "release_per_h", "ke0_per_h",
-              "unbound_fraction")
+              "unbound_fraction", "exposure_scale")
 
 
 class Calibration(eqx.Module):

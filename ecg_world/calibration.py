@@ -10,8 +10,10 @@ Three stages, all driven by targets computed from whatever table is given
 
 1. **PK** per drug (typical ka, ke, V/F, tlag, and the release rate of extended-release
    products) by least squares on log plasma concentrations (all subjects pooled), then the
-   between-subject SD of exposure from the per-subject mean log residuals. This is PK only:
-   concentrations are observed, no ECG enters.
+   between-subject SD of exposure from the per-subject mean log residuals (the population's
+   ``omega_exposure`` is the median over drugs; each drug keeps its own as ``exposure_scale``,
+   its SD relative to the population's). This is PK only: concentrations are observed, no ECG
+   enters.
 2. **Placebo / diurnal course**: linear least squares of the harmonic basis
    (:class:`~ecg_world.pharmacology.Diurnal`) on placebo's mean change from baseline.
 3. **Shared channel-block -> ECG map** (:class:`~ecg_world.pharmacology.EffectMap`, the same
@@ -178,31 +180,23 @@ def fit_pk(df: pd.DataFrame, library: DrugLibrary | None = None, *, drugs=None) 
         t = jnp.asarray(np.pad(sub.tpt.to_numpy(), (0, n_pad - n_obs), constant_values=1.0),
                         jnp.float32)
         y = np.log(sub.conc_ng_ml.to_numpy(float))
-        er = drug.pk["release_per_h"] is not None
         idx = jnp.int32(library.index(name))
         pk0 = drug.pk
         p0 = [np.log(pk0["ka_per_h"]), np.log(pk0["ke_per_h"]), np.log(pk0["v_over_f_l"]),
               min(max(pk0["tlag_h"], 0.0), 1.0), np.log(pk0["release_per_h"] or 1.0)]
         lb = [np.log(0.05), np.log(0.005), np.log(1.0), 0.0, np.log(0.02)]
         ub = [np.log(20.0), np.log(2.0), np.log(1e5), 1.5, np.log(5.0)]
-        free = np.array([True, True, True, True, er])
+        # an extended-release product has its release stage; an immediate-release one is
+        # fitted with one absorption stage and with two (a transit compartment before the
+        # depot; Savic RM et al., J Pharmacokinet Pharmacodyn 2007;34:711-726), and the
+        # second is kept where it lowers the AIC of the log residuals (one more parameter)
+        ext = drug.pk["release_per_h"] is not None
+        fits = [_fit_pk_one(conc_fn, jac_fn, table, idx, dose_mg, t, y, n_obs, p0, lb, ub,
+                            er=e) for e in ((True,) if ext else (False, True))]
+        aic = [n_obs * np.log(np.mean(f[2](f[0].x) ** 2)) + 2 * f[0].x.size for f in fits]
+        fit, full, resid = fits[int(np.argmin(aic))]
+        er = bool(fit.x.size == 5)
 
-        def full(q, free=free, p0=p0):
-            p = np.array(p0, float)
-            p[free] = q
-            return jnp.asarray(p, jnp.float32)
-
-        def resid(q, full=full, idx=idx, dose_mg=dose_mg, t=t, y=y, er=er, n_obs=n_obs):
-            c = np.asarray(conc_fn(table, idx, full(q), dose_mg, t, er), float)[:n_obs]
-            return c - y
-
-        def jac(q, full=full, idx=idx, dose_mg=dose_mg, t=t, er=er, free=free, n_obs=n_obs):
-            j = np.asarray(jac_fn(table, idx, full(q), dose_mg, t, er), float)[:n_obs]
-            return j[:, free]
-
-        fit = optimize.least_squares(resid, np.array(p0)[free], jac=jac,
-                                     bounds=(np.array(lb)[free], np.array(ub)[free]),
-                                     loss="soft_l1", f_scale=0.5)
         p = np.asarray(full(fit.x), float)
         r = resid(fit.x)
         per_subject = pd.Series(r, index=sub.subject.to_numpy()).groupby(level=0).mean()
@@ -211,8 +205,34 @@ def fit_pk(df: pd.DataFrame, library: DrugLibrary | None = None, *, drugs=None) 
         if er:
             pk["release_per_h"] = float(np.exp(p[4]))
         out[name] = {**pk, "omega_exposure": float(per_subject.std(ddof=1)),
-                     "rmse_log": float(np.sqrt(np.mean(r**2))), "n": int(len(r))}
+                     "rmse_log": float(np.sqrt(np.mean(r**2))), "n": int(len(r)),
+                     "absorption": ("release" if ext else "transit") if er else "first-order",
+                     "aic": [float(a) for a in aic]}
     return out
+
+
+def _fit_pk_one(conc_fn, jac_fn, table, idx, dose_mg, t, y, n_obs, p0, lb, ub, *, er):
+    """One robust least-squares PK fit (soft-L1 on log concentrations); ``er``: with the
+    release stage of an extended-release product."""
+    free = np.array([True, True, True, True, er])
+
+    def full(q):
+        p = np.array(p0, float)
+        p[free] = q
+        return jnp.asarray(p, jnp.float32)
+
+    def resid(q):
+        c = np.asarray(conc_fn(table, idx, full(q), dose_mg, t, er), float)[:n_obs]
+        return c - y
+
+    def jac(q):
+        j = np.asarray(jac_fn(table, idx, full(q), dose_mg, t, er), float)[:n_obs]
+        return j[:, free]
+
+    fit = optimize.least_squares(resid, np.array(p0)[free], jac=jac,
+                                 bounds=(np.array(lb)[free], np.array(ub)[free]),
+                                 loss="soft_l1", f_scale=0.5)
+    return fit, full, resid
 
 
 # ------------------------------------------------------------------ stage 2: diurnal course
@@ -590,10 +610,13 @@ def calibrate(
     df = as_read_table(table, library=library)
     targets = compute_targets(df, library=library)
     pk = {d: dict(v) for d, v in (pk or fit_pk(df, library)).items()}
+    om_exp = float(np.median([p["omega_exposure"] for p in pk.values()])) if pk else 0.3
+    for p in pk.values():  # each drug's own exposure variability, relative to the population's
+        p["exposure_scale"] = float(p["omega_exposure"] / om_exp)
     lib = library.with_pk({d: {k: v for k, v in p.items()
                                if k in ("ka_per_h", "ke_per_h", "v_over_f_l", "tlag_h",
-                                        "release_per_h")} for d, p in pk.items()})
-    om_exp = float(np.median([p["omega_exposure"] for p in pk.values()])) if pk else 0.3
+                                        "release_per_h", "exposure_scale")}
+                           for d, p in pk.items()})
     var = Variability.default(omega_exposure=om_exp)
     bdist = baseline_distribution(df)
     sens = kernel_sensitivity(bdist) if sens is None else sens
@@ -603,11 +626,21 @@ def calibrate(
                                          n_virtual=n_virtual, max_nfev=max_nfev, seed=seed,
                                          sens=sens, fit_drug_pk=fit_drug_pk)
     lib = lib.with_pk({d: dict(v) for d, v in drug_pk.items()})
+    pd_drugs = [d for d in ("dofetilide", "quinidine") if d in fit_drugs]
+    om_pd = fit_omega_pd(targets, lib, emap, var, drugs=pd_drugs, sens=sens)
+    if abs(om_pd - float(var.omega_pd)) > 0.01:
+        # the cohort mean depends on the PD spread (E exp(eta_pd) = exp(omega^2 / 2)): refit
+        # the map (from the first fit) under the fitted spread, so that the committed map and
+        # variability predict the means they were fitted to; then the spread once more
+        var = Variability.default(omega_exposure=om_exp, omega_pd=om_pd)
+        emap, info, drug_pk2 = fit_effect_map(targets, lib, var, drugs=fit_drugs, init=emap,
+                                              n_virtual=n_virtual, max_nfev=max_nfev,
+                                              seed=seed, sens=sens, fit_drug_pk=fit_drug_pk)
+        drug_pk = {d: {**drug_pk.get(d, {}), **v} for d, v in drug_pk2.items()} or drug_pk
+        lib = lib.with_pk({d: dict(v) for d, v in drug_pk.items()})
+        om_pd = fit_omega_pd(targets, lib, emap, var, drugs=pd_drugs, sens=sens)
     for d, v in drug_pk.items():
         pk.setdefault(d, {}).update(v)
-    om_pd = fit_omega_pd(targets, lib, emap, var,
-                         drugs=[d for d in ("dofetilide", "quinidine") if d in fit_drugs],
-                         sens=sens)
     var = Variability.default(omega_exposure=om_exp, omega_pd=om_pd)
     provenance = {
         "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -40,6 +40,11 @@ CONCENTRATION_UNITS: dict[str, float] = {
 }
 
 _PK_FIELDS = ("ka_per_h", "release_per_h", "ke_per_h", "v_over_f_l", "tlag_h", "ke0_per_h")
+#: optional PK fields: ``exposure_scale`` is the drug's between-subject SD of log exposure
+#: relative to the population's (``Variability.omega_exposure``), estimated from its plasma
+#: concentrations by the calibration; a patient's exposure random effect is multiplied by it
+#: for this drug (default 1)
+_OPTIONAL_PK_FIELDS = ("exposure_scale",)
 _REQUIRED = (
     "display_name",
     "aliases",
@@ -158,6 +163,13 @@ class Drug:
         for k in ("ka_per_h", "ke_per_h", "v_over_f_l", "ke0_per_h"):
             if not float(pk[k]) > 0:
                 raise ValueError(f"drug {name!r}: pk.{k} must be > 0")
+        unknown_pk = sorted(set(pk) - set(_PK_FIELDS) - set(_OPTIONAL_PK_FIELDS))
+        if unknown_pk:
+            raise ValueError(f"drug {name!r}: unknown pk fields {unknown_pk}; valid: "
+                             f"{list(_PK_FIELDS + _OPTIONAL_PK_FIELDS)}")
+        if "exposure_scale" in pk and not (np.isfinite(float(pk["exposure_scale"]))
+                                           and float(pk["exposure_scale"]) > 0):
+            raise ValueError(f"drug {name!r}: pk.exposure_scale must be finite and > 0")
         if not (np.isfinite(float(d["standard_dose"])) and float(d["standard_dose"]) >= 0):
             raise ValueError(f"drug {name!r}: standard_dose must be finite and >= 0")
         dose_range = None
@@ -200,9 +212,10 @@ class Drug:
         if "unbound_fraction" in pk:
             fu = float(pk.pop("unbound_fraction"))
             return dataclasses.replace(self, unbound_fraction=fu).with_pk(**pk)
-        unknown = sorted(set(pk) - set(_PK_FIELDS))
+        unknown = sorted(set(pk) - set(_PK_FIELDS) - set(_OPTIONAL_PK_FIELDS))
         if unknown:
-            raise ValueError(f"unknown pk fields {unknown}; valid: {list(_PK_FIELDS)}")
+            raise ValueError(f"unknown pk fields {unknown}; valid: "
+                             f"{list(_PK_FIELDS + _OPTIONAL_PK_FIELDS)}")
         return dataclasses.replace(self, pk={**self.pk, **pk})
 
 
@@ -222,6 +235,7 @@ class DrugTable(eqx.Module):
     v_over_f_l: Float[Array, " drug"]
     tlag_h: Float[Array, " drug"]
     ke0_per_h: Float[Array, " drug"]
+    exposure_scale: Float[Array, " drug"]
     ic50_nM: Float[Array, "drug target"]
     hill: Float[Array, "drug target"]
     dose_max_mg: Float[Array, " drug"]
@@ -327,6 +341,7 @@ class DrugLibrary:
             v_over_f_l=col(lambda d: d.pk["v_over_f_l"]),
             tlag_h=col(lambda d: d.pk["tlag_h"]),
             ke0_per_h=col(lambda d: d.pk["ke0_per_h"]),
+            exposure_scale=col(lambda d: d.pk.get("exposure_scale", 1.0)),
             ic50_nM=jnp.asarray(ic50, dtype=jnp.float32),
             hill=jnp.asarray(hill, dtype=jnp.float32),
             dose_max_mg=col(lambda d: dose_to_mg(d.plausible_dose_range[1], d.dose_unit)),

@@ -14,7 +14,8 @@ indexed by an integer id, so one compiled function serves every drug.
 
 solved exactly as ``expm(M (t - tlag)) x0`` (one 5x5 matrix exponential, robust when rates
 coincide). Between-subject variability is log-normal: ``eta = (exposure, ke, ka)`` multiply
-1/(V/F), ke and ka by ``exp(eta)``.
+1/(V/F), ke and ka by ``exp(eta)``; a drug's ``exposure_scale`` (its own SD of log exposure,
+from its concentrations, relative to the population's) scales the exposure effect.
 
 **Block:** free molar concentration ``Cu = C[ng/mL] * 1000 / MW * fu`` (nM) at the effect site,
 fractional block ``b = 1 / (1 + (IC50 / Cu)^h)`` per target (IKr, INaL, ICaL, INa, alpha1).
@@ -191,12 +192,20 @@ class EcgEffects(eqx.Module):
     hr_bpm: Float[Array, "*b"]
 
 
+def _drug_eta(table: DrugTable, drug, eta_pk) -> Float[Array, "3"]:
+    """A patient's PK random effects ``(exposure, ke, ka)`` for one drug: the exposure effect
+    is scaled by the drug's ``exposure_scale`` (its own between-subject SD of log exposure
+    relative to the population's)."""
+    eta = jnp.zeros(3) if eta_pk is None else jnp.asarray(eta_pk)
+    return eta.at[0].multiply(table.row("exposure_scale", drug))
+
+
 def pk_states(
     table: DrugTable, action: Action, eta_pk=None, ktol_per_h=0.5
 ) -> Float[Array, "5"]:
     """PK state ``(R, G, A, Ce, Ct)`` (mg, mg, mg, mg/L, mg/L) of a scalar action at its time."""
     d = action.drug
-    eta = jnp.zeros(3) if eta_pk is None else jnp.asarray(eta_pk)
+    eta = _drug_eta(table, d, eta_pk)
     kr = table.row("release_per_h", d)
     ka = table.row("ka_per_h", d) * jnp.exp(eta[2])
     ke = table.row("ke_per_h", d) * jnp.exp(eta[1])
@@ -223,8 +232,7 @@ def pk_states(
 def concentrations(table: DrugTable, action: Action, eta_pk=None, ktol_per_h=0.5):
     """Total plasma, effect-site and tolerance-site concentrations (ng/mL) of a scalar action."""
     x = pk_states(table, action, eta_pk, ktol_per_h)
-    v = table.row("v_over_f_l", action.drug) * jnp.exp(
-        -(jnp.zeros(3) if eta_pk is None else jnp.asarray(eta_pk))[0])
+    v = table.row("v_over_f_l", action.drug) * jnp.exp(-_drug_eta(table, action.drug, eta_pk)[0])
     return x[2] / v * 1000.0, x[3] * 1000.0, x[4] * 1000.0
 
 

@@ -214,3 +214,37 @@ def test_committed_report_shows_multichannel_terms_and_peak_sd():
                                                    "verapamil"}
     for r in doc["peak_sd"]:
         assert r["sim_plus_resid_sd"] == pytest.approx(np.hypot(r["sim_sd"], r["resid_sd"]))
+
+
+def test_committed_variability_is_per_drug_exposure_plus_pd():
+    """Each drug keeps its own exposure variability (from its concentrations) relative to the
+    population's, and the PD variability is no longer fitted to zero."""
+    cal = default_calibration()
+    om = float(cal.variability.omega_exposure)
+    for d in ("dofetilide", "quinidine", "ranolazine", "verapamil"):
+        p = cal.pk[d]
+        assert p["exposure_scale"] == pytest.approx(p["omega_exposure"] / om, rel=1e-5)
+        assert cal.library[d].pk["exposure_scale"] == pytest.approx(p["exposure_scale"])
+    assert float(cal.variability.omega_pd) > 0.05
+
+
+def test_pk_absorption_chosen_by_aic(data_dir):
+    """Immediate-release drugs are fitted with one and with two absorption stages and keep
+    the one with the lower AIC; the extended-release product keeps its release stage. On the
+    study, dofetilide's slow rise needs the transit stage; quinidine's does not."""
+    from ecg_world.calibration import fit_pk
+    from ecg_world.ecgrdvq import as_read_table
+
+    pk = fit_pk(as_read_table(data_dir / CSV))
+    assert pk["ranolazine"]["absorption"] == "release" and len(pk["ranolazine"]["aic"]) == 1
+    for d in ("dofetilide", "quinidine", "verapamil"):
+        aic = pk[d]["aic"]
+        assert len(aic) == 2
+        assert pk[d]["absorption"] == ("transit" if aic[1] < aic[0] else "first-order")
+        assert ("release_per_h" in pk[d]) == (pk[d]["absorption"] == "transit")
+    assert pk["dofetilide"]["absorption"] == "transit"
+    assert pk["quinidine"]["absorption"] == "first-order"
+    committed = default_calibration()
+    assert committed.pk["dofetilide"]["absorption"] == "transit"
+    assert committed.library["dofetilide"].pk["release_per_h"] == pytest.approx(
+        committed.pk["dofetilide"]["release_per_h"])

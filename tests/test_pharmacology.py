@@ -221,3 +221,31 @@ def test_two_part_repolarisation_map():
     one = EffectMap.default(qt_gain=0.1, w_inal=1.0, jt_share=1.0)
     jt1, tt1 = repolarisation_parts(one, blk.at[1].set(0.3))
     assert float(tt1) == 0.0 and float(jt1) == pytest.approx(0.1 * (1.0 - 0.3))
+
+
+def test_exposure_scale_scales_a_patients_exposure_effect():
+    """A drug's ``exposure_scale`` multiplies the patient's exposure random effect for that
+    drug only; it is validated in the drug entry."""
+    from ecg_world.pharmacology import concentrations
+
+    d = LIB.index("dofetilide")
+    lib2 = LIB.with_pk({"dofetilide": {"exposure_scale": 0.5}})
+    a = Action(d, 0.5, 2.5)
+    eta = jnp.asarray([0.4, 0.0, 0.0])
+    c_ref = float(concentrations(LIB.table(), a)[0])
+    c1 = float(concentrations(LIB.table(), a, eta)[0])
+    c2 = float(concentrations(lib2.table(), a, eta)[0])
+    assert c1 == pytest.approx(c_ref * np.exp(0.4), rel=1e-4)
+    assert c2 == pytest.approx(c_ref * np.exp(0.2), rel=1e-4)
+    q = LIB.index("quinidine")
+    aq = Action(q, 400.0, 2.0)
+    assert float(concentrations(lib2.table(), aq, eta)[0]) == pytest.approx(
+        float(concentrations(LIB.table(), aq, eta)[0]))
+    from ecg_world.drugs import Drug
+
+    entry = LIB.to_dict()["dofetilide"]
+    for bad in (-1.0, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="exposure_scale"):
+            Drug.from_dict("dofetilide", {**entry, "pk": {**entry["pk"], "exposure_scale": bad}})
+    assert Drug.from_dict("dofetilide", {**entry, "pk": {**entry["pk"], "exposure_scale": 2.0}}
+                          ).pk["exposure_scale"] == 2.0
