@@ -6,8 +6,10 @@ indexed by an integer id, so one compiled function serves every drug.
 
 **PK** (per drug, data in ``drugs.json``, refined by the calibration): linear compartments
 
-    R' = -kr R                      (extended-release tablet; absent for immediate release)
-    G' = kr R - ka G                (absorption depot; the dose starts here if immediate release)
+    R' = -kr R                      (extended-release tablet, or the transit stage of an
+                                     immediate-release one where the calibration's PK fit
+                                     keeps it; absent otherwise)
+    G' = kr R - ka G                (absorption depot; the dose starts here without a release stage)
     A' = ka G - ke A                (central amount, C = A / (V/F))
     Ce' = ke0 (C - Ce)              (effect site, biophase equilibration; drug property)
     Ct' = ktol (C - Ct)             (slow "tolerance" site of the baroreflex; shared rate)
@@ -116,8 +118,9 @@ class EffectMap(eqx.Module):
     @classmethod
     def default(cls, **overrides) -> EffectMap:
         """Defaults (the fit's starting point). ``jt_share`` defaults to 1 (mitigation acts on
-        the whole QT), which reads a calibration file written before the two-part map as it
-        was fitted."""
+        the whole QT), so a calibration file written before the two-part map reads as it was
+        fitted, up to its ``qt_curv`` now acting on the hERG term alone (the same where the
+        mitigation weights are about zero, as they were in those files)."""
         vals = dict(qt_gain=0.3, qt_curv=0.0, w_inal=0.5, w_ical=0.2, pr_ical=2.0, pr_curv=0.0,
                     pr_ina=0.5,
                     qrs_ina=0.5, hr_gain=60.0, w_alpha=0.3, tol=0.5, ktol_per_h=0.5,
