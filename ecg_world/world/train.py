@@ -190,8 +190,8 @@ def _actions(pairs: PairSet, index):
 # --------------------------------------------------------------------------- training state
 
 
-def _mesh():
-    return Mesh(np.array(jax.devices()), ("batch",))
+def _mesh(devices=None):
+    return Mesh(np.array(jax.devices() if devices is None else list(devices)), ("batch",))
 
 
 def _replicate(tree, mesh):
@@ -244,15 +244,21 @@ def _pbar(total, desc, initial=0):
 
 def train(data: str | pathlib.Path, out: str | pathlib.Path, config: TrainConfig = TrainConfig(),
           *, resume: bool = False, command: str | None = None,
-          prepared: Prepared | None = None, verbose: bool = True) -> tuple[WorldModel, dict]:
+          prepared: Prepared | None = None, verbose: bool = True,
+          devices=None) -> tuple[WorldModel, dict]:
     """Train a world model on a cohort netCDF; write the model directory `out`.
+
+    ``devices``: the devices the batch axis is sharded over (default ``jax.devices()``).
 
     Returns the model and a history dict (``ae_loss`` (steps,), ``diff_loss`` (steps, 3):
     total, v term, anchor term). See the module docstring.
     """
     out = pathlib.Path(out)
     cfg = config
-    n_dev = len(jax.devices())
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("devices: give at least one device")
+    n_dev = len(devices)
     for name in ("ae_batch", "diff_batch"):
         if getattr(cfg, name) % n_dev:
             raise ValueError(f"{name} = {getattr(cfg, name)} must be a multiple of the number "
@@ -280,7 +286,7 @@ def train(data: str | pathlib.Path, out: str | pathlib.Path, config: TrainConfig
                           anchor_scale=cfg.anchor_scale if cfg.use_anchor else 0.0,
                           anchor_power=cfg.anchor_power, ema_decay=cfg.ema_decay)
     model = WorldModel.create(spec, aec, dfc, seed=cfg.seed)
-    mesh = _mesh()
+    mesh = _mesh(devices)
     tr = pairs.split_index("train")
     _, first = np.unique(np.asarray(pairs.patient)[tr], return_index=True)
     ae_strips = np.concatenate([np.asarray(pairs.pre)[tr][first], np.asarray(pairs.post)[tr]])
