@@ -42,6 +42,15 @@ field-by-field description with shapes and units is :class:`~ecg_world.batch.ECG
 - ``split`` (patient): ``train``/``val``/``test``, assigned per patient (no patient in two
   splits), seeded; ``attrs["drug_library"]``: the drug table the ``drug_id`` values index.
 
+**Leads** (:func:`lead_gains`): every lead is the patient's McSharry beat with per-wave
+gains on the P, Q, R, S and T amplitudes, read from ``ecg_world/data/lead_gains.json``. The
+gains make the typical beat's wave amplitudes equal the median amplitudes that cardiologists'
+marks give on the **tuning split** of LUDB's sinus-rhythm records (per lead; written by
+``python benchmarks/lead_gains_ludb.py``, :func:`gains_from_amplitudes`). neurokit2's
+multi-lead table (:data:`leads_jax.physics.mcsharry.MULTILEAD_GAMMA`, kept in the kernel for
+parity with neurokit2) gives lead II an R wave 0.2x and a T wave 3x the single-lead beat's, a
+T wave seven times the R, which no delineator reads as lead II.
+
 **Noise** (documented levels, seeded): white Gaussian noise of SD ``noise_mv`` (default
 0.02 mV), baseline wander (two sinusoids at 0.1-0.4 Hz, amplitude up to 0.1 mV in total) and
 mains interference (50 Hz, 0.01 mV), independently per lead.
@@ -51,6 +60,7 @@ from __future__ import annotations
 
 import functools
 import json
+import pathlib
 from collections.abc import Sequence
 
 import jax
@@ -61,7 +71,7 @@ import xarray as xr
 from jaxtyping import Array, Float
 
 from leads_jax.physics.ecg_fiducials import qt_from_qtc_fridericia
-from leads_jax.physics.mcsharry import MULTILEAD_GAMMA, McSharryECG, ecg_waveform
+from leads_jax.physics.mcsharry import McSharryECG, ecg_waveform
 
 from .actions import Action
 from .batch import INTERVAL_VARIABLES, RISK_LABELS, SPLITS, ECGBatch, RiskLabels
@@ -76,6 +86,9 @@ DEFAULT_TIMES_H = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 24.0)
 DEFAULT_LEADS = ("I", "II", "V2")
 _LEAD_INDEX = {n: i for i, n in enumerate(
     ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"])}
+LEAD_GAINS_JSON = pathlib.Path(__file__).parent / "data" / "lead_gains.json"
+#: the McSharry waves, in the kernel's order
+WAVES = ("P", "Q", "R", "S", "T")
 FIRST_R_PEAK_S = 0.25
 WARMUP_S = 5.0
 #: long-QT baselines: QTcF raised by U(40, 90) ms
@@ -109,6 +122,58 @@ def _gain_mv(sampling_rate: float) -> float:
                                 sampling_rate=sampling_rate, hr_scaling="physiological"))
     z = z[int(sampling_rate):]
     return float(1.6 / (z.max() - z.min()))
+
+
+def unit_wave_amplitudes(sampling_rate: float = 250.0) -> np.ndarray:
+    """Signed peak amplitude (mV) of each wave of the default beat at 60 bpm rendered alone
+    (its Gaussian only, gain 1; the cohort's model-units-to-mV gain): the kernel's response
+    to a lead gain, to first order (the z equation is linear in the wave amplitudes)."""
+    m0 = McSharryECG.default()
+    g = _gain_mv(float(sampling_rate))
+    out = []
+    for i in range(len(WAVES)):
+        ai = np.zeros(len(WAVES), np.float32)
+        ai[i] = float(m0.ai[i])
+        z = np.asarray(ecg_waveform(McSharryECG(m0.ti, jnp.asarray(ai), m0.bi), heart_rate=60.0,
+                                    n_samples=int(3 * sampling_rate),
+                                    sampling_rate=float(sampling_rate),
+                                    hr_scaling="physiological", scale="none"))
+        z = (z[int(sampling_rate):] - np.median(z[int(sampling_rate):])) * g
+        out.append(float(z[int(np.argmax(np.abs(z)))]))
+    return np.asarray(out)
+
+
+def gains_from_amplitudes(amplitudes: dict[str, Sequence[float]],
+                          sampling_rate: float = 250.0) -> dict[str, list[float]]:
+    """Per-lead wave gains ``target / unit`` (:func:`unit_wave_amplitudes`) from target
+    amplitudes (mV) of the P, Q, R, S and T waves per lead; a NaN target gives gain 0."""
+    unit = unit_wave_amplitudes(sampling_rate)
+    out = {}
+    for lead, amp in amplitudes.items():
+        a = np.asarray(amp, float)
+        if a.shape != (len(WAVES),):
+            raise ValueError(f"lead {lead}: need {len(WAVES)} amplitudes {WAVES}, got {a.shape}")
+        out[lead] = [float(x) for x in np.where(np.isfinite(a), a / unit, 0.0).round(6)]
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _lead_gain_doc() -> dict:
+    doc = json.loads(LEAD_GAINS_JSON.read_text())
+    missing = [ld for ld in _LEAD_INDEX if ld not in doc.get("gains", {})]
+    if missing:
+        raise ValueError(f"{LEAD_GAINS_JSON}: no gains for leads {missing}")
+    return doc
+
+
+def lead_gains(leads: Sequence[str]) -> np.ndarray:
+    """``(lead, 5)`` gains on the P, Q, R, S, T amplitudes of the named leads (see the module
+    docstring)."""
+    unknown = [ld for ld in leads if ld not in _LEAD_INDEX]
+    if unknown:
+        raise ValueError(f"unknown leads {unknown}; valid: {list(_LEAD_INDEX)}")
+    g = _lead_gain_doc()["gains"]
+    return np.asarray([g[ld] for ld in leads], np.float32)
 
 
 def _render_fn(n_samples: int, sampling_rate: float | int, gamma: Float[Array, "lead 5"]):
@@ -277,7 +342,7 @@ def synthesize_batch(
             lib[d].check_dose(float(dose_mg[:, j].min()), "mg")
 
     pharm = cal.pharmacology
-    gamma = MULTILEAD_GAMMA[[_LEAD_INDEX[ld] for ld in leads]]
+    gamma = lead_gains(leads)
     n_samples = int(round(duration_s * sampling_rate))
     gain = _gain_mv(float(sampling_rate))
     gamma = jnp.asarray(gamma, jnp.float32)

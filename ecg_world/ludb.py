@@ -259,3 +259,43 @@ def read_ludb_record(path: str | os.PathLike, leads=None) -> LudbRecord:
     ecg = read_record(path, leads=leads)
     ann = read_ludb_annotations(path, leads=leads)
     return LudbRecord(ecg=ecg, annotations=ann)
+
+
+#: the McSharry waves whose amplitudes :func:`wave_amplitudes` reads, in the kernel's order
+WAVES = ("P", "Q", "R", "S", "T")
+
+
+def wave_amplitudes(record: LudbRecord) -> xr.DataArray:
+    """Median amplitude (mV) of the P, Q, R, S and T waves per lead of one record, read at the
+    cardiologists' marks: relative to the beat's PR-segment level (median between P offset
+    and QRS onset; the QRS onset sample where no P wave is marked), P the extreme between P
+    onset and offset, R the maximum between QRS onset and offset, Q and S the minima before
+    and after it, T the value at the T peak. NaN where a lead has no such wave marked."""
+    x = np.asarray(record.ecg.values, float)
+    a = record.annotations
+    out = np.full((a.sizes["lead"], len(WAVES)), np.nan)
+    for li in range(a.sizes["lead"]):
+        v = x[li]
+        po, pf, qo, qf, tp = (a[k].values[li] for k in
+                              ("p_onset", "p_offset", "qrs_onset", "qrs_offset", "t_peak"))
+        vals = {w: [] for w in WAVES}
+        for b in range(a.sizes["beat"]):
+            if not (np.isfinite(qo[b]) and np.isfinite(qf[b])):
+                continue
+            i0, i1 = int(qo[b]), int(qf[b])
+            has_p = np.isfinite(po[b]) and np.isfinite(pf[b]) and i0 - int(pf[b]) > 2
+            base = np.median(v[int(pf[b]):i0]) if has_p else v[i0]
+            seg = v[i0:i1 + 1] - base
+            k = int(np.argmax(seg))
+            vals["R"].append(seg[k])
+            vals["Q"].append(seg[:k + 1].min())
+            vals["S"].append(seg[k:].min())
+            if has_p:
+                ps = v[int(po[b]):int(pf[b]) + 1] - base
+                vals["P"].append(ps[int(np.argmax(np.abs(ps)))])
+            if np.isfinite(tp[b]):
+                vals["T"].append(v[int(tp[b])] - base)
+        out[li] = [np.median(vals[w]) if vals[w] else np.nan for w in WAVES]
+    return xr.DataArray(out, dims=("lead", "wave"),
+                        coords={"lead": a.lead.values, "wave": list(WAVES)},
+                        attrs={"units": "mV", "record_name": record.record_id})

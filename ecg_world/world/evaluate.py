@@ -2,8 +2,9 @@
 documented plausibility ("hallucination") rules.
 
 **Intervals** of a strip are read with :func:`ecg_world.intervals.measure_intervals` on every
-lead's median beat and summarised by the median over leads (robust to a lead whose QRS is too
-small for the detector, such as the kernel's lead II).
+lead's median beat and summarised by the median over leads. The cohort's leads carry the
+LUDB-derived wave gains (:func:`ecg_world.cohort.lead_gains`), on which the delineator reads
+lead II; with neurokit2's multi-lead table the true strips themselves failed these rules.
 
 **Plausibility rules** (:func:`plausibility`), each a boolean per strip:
 
