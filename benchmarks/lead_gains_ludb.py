@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import pathlib
-import subprocess
 import sys
 import time
 
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 def main(argv=None) -> int:
     import xarray as xr
 
+    from ecg_world.calibration import _git_commit
     from ecg_world.cohort import LEAD_GAINS_JSON, WAVES, gains_from_amplitudes, unit_wave_amplitudes
     from ecg_world.ludb import ludb_record_ids, read_ludb_record, wave_amplitudes
 
@@ -54,11 +54,7 @@ def main(argv=None) -> int:
     targets = {str(ld): [float(target.sel(lead=ld, wave=w)) for w in WAVES]
                for ld in target.lead.values}
     gains = gains_from_amplitudes(targets, args.sampling_rate)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=ROOT, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001 - provenance only
-        commit = "unknown"
+    commit = _git_commit()
     doc = {
         "schema_version": 1,
         "waves": list(WAVES),

@@ -191,14 +191,13 @@ def fit_pk(df: pd.DataFrame, library: DrugLibrary | None = None, *, drugs=None) 
         # depot; Savic RM et al., J Pharmacokinet Pharmacodyn 2007;34:711-726), and the
         # second is kept where it lowers the AIC of the log residuals (one more parameter)
         ext = drug.pk["release_per_h"] is not None
-        fits = [_fit_pk_one(conc_fn, jac_fn, table, idx, dose_mg, t, y, n_obs, p0, lb, ub,
-                            er=e) for e in ((True,) if ext else (False, True))]
-        aic = [n_obs * np.log(np.mean(f[2](f[0].x) ** 2)) + 2 * f[0].x.size for f in fits]
-        fit, full, resid = fits[int(np.argmin(aic))]
-        er = bool(fit.x.size == 5)
+        fits = [(_fit_pk_one(conc_fn, jac_fn, table, idx, dose_mg, t, y, n_obs, p0, lb, ub,
+                             er=e), e) for e in ((True,) if ext else (False, True))]
+        aic = [n_obs * np.log(np.mean(f.fun ** 2)) + 2 * f.x.size for (f, _), _ in fits]
+        (fit, full), er = fits[int(np.argmin(aic))]
 
         p = np.asarray(full(fit.x), float)
-        r = resid(fit.x)
+        r = fit.fun  # log residuals at the solution
         per_subject = pd.Series(r, index=sub.subject.to_numpy()).groupby(level=0).mean()
         pk = dict(ka_per_h=float(np.exp(p[0])), ke_per_h=float(np.exp(p[1])),
                   v_over_f_l=float(np.exp(p[2])), tlag_h=float(p[3]))
@@ -213,7 +212,8 @@ def fit_pk(df: pd.DataFrame, library: DrugLibrary | None = None, *, drugs=None) 
 
 def _fit_pk_one(conc_fn, jac_fn, table, idx, dose_mg, t, y, n_obs, p0, lb, ub, *, er):
     """One robust least-squares PK fit (soft-L1 on log concentrations); ``er``: with the
-    release stage of an extended-release product."""
+    release (or transit) stage. Returns the ``least_squares`` result (``fun``: the log
+    residuals at the solution) and the map from its free parameters to the full vector."""
     free = np.array([True, True, True, True, er])
 
     def full(q):
@@ -232,7 +232,7 @@ def _fit_pk_one(conc_fn, jac_fn, table, idx, dose_mg, t, y, n_obs, p0, lb, ub, *
     fit = optimize.least_squares(resid, np.array(p0)[free], jac=jac,
                                  bounds=(np.array(lb)[free], np.array(ub)[free]),
                                  loss="soft_l1", f_scale=0.5)
-    return fit, full, resid
+    return fit, full
 
 
 # ------------------------------------------------------------------ stage 2: diurnal course
@@ -532,6 +532,12 @@ def fit_effect_map(
     return emap, info, drug_pk
 
 
+def _weakest_drug(targets: xr.Dataset) -> str:
+    """The drug with the smallest peak ddQTcF: its SD over subjects estimates the residual
+    (measurement and within-subject) noise of a double difference."""
+    return targets.dd_mean.sel(endpoint="QTcF").max("time").idxmin("drug").item()
+
+
 def fit_omega_pd(targets, library, emap, variability, *, drugs=("dofetilide", "quinidine"),
                  n_virtual=512, seed=0, sens=None) -> float:
     """Choose ``omega_pd`` so the simulated SD of ddQTcF at each drug's peak time matches the
@@ -541,7 +547,7 @@ def fit_omega_pd(targets, library, emap, variability, *, drugs=("dofetilide", "q
     if not drugs:
         return float(variability.omega_pd)
     sd = targets.dd_sd.sel(endpoint="QTcF")
-    weakest = targets.dd_mean.sel(endpoint="QTcF").max("time").idxmin("drug").item()
+    weakest = _weakest_drug(targets)
     resid_var = float(np.nanmedian(sd.sel(drug=weakest).values[1:] ** 2))
     table = library.table()
     base = targets.base_mean.to_series()
@@ -633,10 +639,9 @@ def calibrate(
         # the map (from the first fit) under the fitted spread, so that the committed map and
         # variability predict the means they were fitted to; then the spread once more
         var = Variability.default(omega_exposure=om_exp, omega_pd=om_pd)
-        emap, info, drug_pk2 = fit_effect_map(targets, lib, var, drugs=fit_drugs, init=emap,
-                                              n_virtual=n_virtual, max_nfev=max_nfev,
-                                              seed=seed, sens=sens, fit_drug_pk=fit_drug_pk)
-        drug_pk = {d: {**drug_pk.get(d, {}), **v} for d, v in drug_pk2.items()} or drug_pk
+        emap, info, drug_pk = fit_effect_map(targets, lib, var, drugs=fit_drugs, init=emap,
+                                             n_virtual=n_virtual, max_nfev=max_nfev,
+                                             seed=seed, sens=sens, fit_drug_pk=fit_drug_pk)
         lib = lib.with_pk({d: dict(v) for d, v in drug_pk.items()})
         om_pd = fit_omega_pd(targets, lib, emap, var, drugs=pd_drugs, sens=sens)
     for d, v in drug_pk.items():
@@ -821,14 +826,16 @@ def mitigation_check(cal: Calibration, targets: xr.Dataset, *, n_virtual: int = 
 
 
 def peak_sd_table(cal: Calibration, targets: xr.Dataset, *, n_virtual: int = 512,
-                  seed: int = 1) -> pd.DataFrame:
+                  seed: int = 1, pred: xr.Dataset | None = None) -> pd.DataFrame:
     """Between-subject SD of ddQTcF at each drug's observed peak time: simulated (PK and PD
     variability of the calibration, effect space; no measurement noise) against the
     table's SD over subjects (which also holds the measurement and within-subject noise of
-    a double difference: the SD under the weakest drug, ``resid_sd``, estimates it)."""
-    pred = predicted_time_courses(cal, targets, n_virtual=n_virtual, seed=seed)
+    a double difference: the SD under the weakest drug, ``resid_sd``, estimates it).
+    ``pred``: :func:`predicted_time_courses` of ``cal`` if already computed."""
+    if pred is None:
+        pred = predicted_time_courses(cal, targets, n_virtual=n_virtual, seed=seed)
     sd = targets.dd_sd.sel(endpoint="QTcF")
-    weakest = targets.dd_mean.sel(endpoint="QTcF").max("time").idxmin("drug").item()
+    weakest = _weakest_drug(targets)
     rows = []
     for d in pred.drug.values:
         m = targets.dd_mean.sel(drug=d, endpoint="QTcF").values

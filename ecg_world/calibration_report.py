@@ -175,7 +175,8 @@ def _with_population(cov: pd.DataFrame, pop: pd.DataFrame) -> pd.DataFrame:
                 "rmse_population", "n_times"]]
 
 
-def _multichannel_section(cal: Calibration, targets: xr.Dataset, summary: dict) -> list[str]:
+def _multichannel_section(cal: Calibration, targets: xr.Dataset, summary: dict,
+                          eff: xr.Dataset) -> list[str]:
     """The map's late-Na / L-type Ca terms (value, Gauss-Newton SE, prior), the check that
     removing a mixed blocker's mitigating block raises its prediction, and the
     between-subject SD of ddQTcF at each drug's peak."""
@@ -190,7 +191,7 @@ def _multichannel_section(cal: Calibration, targets: xr.Dataset, summary: dict) 
                    if k in priors else "none, in [0, 1]")}
         for k in ("w_inal", "w_ical", "jt_share")])
     mit = mitigation_check(cal, targets)
-    sds = peak_sd_table(cal, targets)
+    sds = peak_sd_table(cal, targets, pred=eff)
     summary["multichannel_terms"] = terms.to_dict(orient="records")
     summary["mitigation_check"] = mit.to_dict(orient="records")
     summary["peak_sd"] = sds.to_dict(orient="records")
@@ -259,7 +260,7 @@ def write_report(cal: Calibration, targets: xr.Dataset, out_dir, *, table=None,
           "population column is the drug effect alone.", "", _md_table(rtm), "",
           "## Effect space (fractional changes x cohort baseline)", "",
           _md_table(_with_population(cov_eff, cov_pop)), ""]
-    md += _multichannel_section(cal, targets, summary)
+    md += _multichannel_section(cal, targets, summary, eff)
     sim_for_fig = eff
     if kernel and table is not None:
         bchk = baseline_check(cal, table)

@@ -114,13 +114,17 @@ def sample_baselines(cal: Calibration, n: int, *, rng: np.random.Generator,
     return out, long_qt
 
 
+def _beat_at_60bpm(model: McSharryECG, sampling_rate: float) -> np.ndarray:
+    """``model``'s kernel output (model units) at 60 bpm, 2 s after a 1-s warm-up."""
+    z = np.asarray(ecg_waveform(model, heart_rate=60.0, n_samples=int(3 * sampling_rate),
+                                sampling_rate=sampling_rate, hr_scaling="physiological"))
+    return z[int(sampling_rate):]
+
+
 @functools.lru_cache(maxsize=16)
 def _gain_mv(sampling_rate: float) -> float:
     """Model-units -> mV gain: the default beat at 60 bpm min-max to 1.6 mV (ECGSYN span)."""
-    base_model = McSharryECG.default()
-    z = np.asarray(ecg_waveform(base_model, heart_rate=60.0, n_samples=int(3 * sampling_rate),
-                                sampling_rate=sampling_rate, hr_scaling="physiological"))
-    z = z[int(sampling_rate):]
+    z = _beat_at_60bpm(McSharryECG.default(), sampling_rate)
     return float(1.6 / (z.max() - z.min()))
 
 
@@ -134,11 +138,8 @@ def unit_wave_amplitudes(sampling_rate: float = 250.0) -> np.ndarray:
     for i in range(len(WAVES)):
         ai = np.zeros(len(WAVES), np.float32)
         ai[i] = float(m0.ai[i])
-        z = np.asarray(ecg_waveform(McSharryECG(m0.ti, jnp.asarray(ai), m0.bi), heart_rate=60.0,
-                                    n_samples=int(3 * sampling_rate),
-                                    sampling_rate=float(sampling_rate),
-                                    hr_scaling="physiological", scale="none"))
-        z = (z[int(sampling_rate):] - np.median(z[int(sampling_rate):])) * g
+        z = _beat_at_60bpm(McSharryECG(m0.ti, jnp.asarray(ai), m0.bi), float(sampling_rate))
+        z = (z - np.median(z)) * g
         out.append(float(z[int(np.argmax(np.abs(z)))]))
     return np.asarray(out)
 

@@ -190,8 +190,8 @@ def _actions(pairs: PairSet, index):
 # --------------------------------------------------------------------------- training state
 
 
-def _mesh(devices=None):
-    return Mesh(np.array(jax.devices() if devices is None else list(devices)), ("batch",))
+def _mesh(devices):
+    return Mesh(np.array(list(devices)), ("batch",))
 
 
 def _replicate(tree, mesh):
