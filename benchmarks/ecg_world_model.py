@@ -5,7 +5,8 @@ the ODE-only baseline (fitted McSharry + pharmacology = the anchor's post strip)
 regression (an MLP from (pre latent, action features) to the post latent, same autoencoder).
 
 Reported on the cohort's ``test`` patients (never trained or tuned on): waveform RMSE and
-correlation of the mean rollout against the true post strip; QTcF and PR MAE of the median
+correlation of the mean rollout against the true post strip, and of its R-aligned median beat
+(lead II) against the truth's, with the heart-rate error apart; QTcF and PR MAE of the median
 rollout (intervals by ecg_world.intervals, median over leads); 90% band coverage and CRPS of
 QTcF; sampling throughput (compile apart); hallucination rates by the rules of
 ecg_world.world.evaluate (default and 10 steps, 2x the dose, LUDB reporting-split inputs) with
@@ -89,12 +90,44 @@ def train_regression(model, pairs, tr, steps, seed):
     return decode(model, z_pre + pred * np.asarray(model.delta_std))
 
 
+def anchor_strips_for(pre, action, pharm, spec, model):
+    """The McSharry anchor's post strips for pre strips and actions (one batched fit)."""
+    from ecg_world.world.anchor import AnchorConfig, anchor_from_strips
+
+    acfg = AnchorConfig(sampling_rate=spec.sampling_rate,
+                        n_steps=int(model.meta.get("training", {}).get("anchor_steps", 600)))
+    return np.asarray(anchor_from_strips(jnp.asarray(pre, jnp.float32), action, pharm,
+                                         acfg)[1])
+
+
 def waveform_scores(pred, truth):
     rmse = np.sqrt(np.mean((pred - truth) ** 2, axis=(-1, -2)))
     p = pred.reshape(len(pred), -1) - pred.reshape(len(pred), -1).mean(1, keepdims=True)
     t = truth.reshape(len(truth), -1) - truth.reshape(len(truth), -1).mean(1, keepdims=True)
     r = (p * t).sum(1) / np.sqrt((p * p).sum(1) * (t * t).sum(1))
     return float(np.mean(rmse)), float(np.median(r))
+
+
+def beat_scores(pred, truth, fs, lead=0):
+    """R-aligned median beat of `pred` against the truth's on one lead (``median_beat`` of
+    :func:`ecg_world.intervals.measure_intervals`, the window around each R peak): Pearson r
+    per strip (median over strips, and the share with r >= 0.95), and the heart-rate error
+    (bpm, mean abs, from the median-beat RR) reported apart."""
+    from ecg_world.intervals import IntervalConfig, measure_intervals
+
+    cfg = IntervalConfig.for_duration(fs, truth.shape[-1] / fs)
+    mp = measure_intervals(jnp.asarray(pred[:, lead:lead + 1], jnp.float32), cfg)
+    mt = measure_intervals(jnp.asarray(truth[:, lead:lead + 1], jnp.float32), cfg)
+    a, b = np.asarray(mp.median_beat)[:, 0], np.asarray(mt.median_beat)[:, 0]
+    a = a - a.mean(-1, keepdims=True)
+    b = b - b.mean(-1, keepdims=True)
+    with np.errstate(all="ignore"):
+        r = (a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+        hr = np.abs(60000.0 / np.asarray(mp.median.rr)[:, 0]
+                    - 60000.0 / np.asarray(mt.median.rr)[:, 0])
+    r = np.where(np.isfinite(r), r, -1.0)  # an unreadable strip counts as no match
+    return {"beat_r": float(np.median(r)), "beat_r_ge_095": float(np.mean(r >= 0.95)),
+            "hr_mae_bpm": float(np.nanmean(hr))}
 
 
 def rate(rules):
@@ -135,6 +168,7 @@ def time_course(model, pairs, te, anchor_post, key, *, k, steps, out_png):
     out = {}
     for ax, shared in zip(axes, (False, True), strict=True):
         y = np.asarray(rollouts(model, pre, feats, key, k=k, steps=steps,
+                                anchor_post=anchor_post[rows],
                                 shared_noise_across_rows=shared))
         q = strip_intervals(y, fs)["QTcF"]  # (time, k)
         for j in range(q.shape[1]):
@@ -178,6 +212,7 @@ def main(argv=None) -> int:
     pairs = prep.pairs
     te, tr = pairs.split_index("test"), pairs.split_index("train")
     fs = pairs.spec.sampling_rate
+    lead_ii = list(pairs.spec.leads).index("II") if "II" in pairs.spec.leads else 0
     truth = np.asarray(pairs.post)[te]
     y_qtcf, y_pr = np.asarray(pairs.truth_qtcf)[te], np.asarray(pairs.truth_pr)[te]
     amp = np.median(np.ptp(np.asarray(pairs.post)[tr], axis=-1), axis=0)
@@ -189,10 +224,16 @@ def main(argv=None) -> int:
     key = jax.random.key(2026)
     pre = np.asarray(pairs.pre)[te]
     feats = np.asarray(pairs.features)[te]
+    anc = np.asarray(prep.anchor_post)[te]
+    a2 = Action(pairs.drug[te], 2.0 * pairs.dose_mg[te], pairs.time_h[te], check=False)
+    f2 = np.asarray(action_features(prep.pharm, a2))
+    anc2 = anchor_strips_for(pre, a2, prep.pharm, pairs.spec, m0)
     for name, m in models.items():
-        rollouts(m, pre[:2], feats[:2], key, k=args.k, steps=args.steps)  # compile
+        rollouts(m, pre[:2], feats[:2], key, k=args.k, steps=args.steps,
+                 anchor_post=anc[:2])  # compile
         t0 = time.perf_counter()
-        y = np.asarray(rollouts(m, pre, feats, key, k=args.k, steps=args.steps))
+        y = np.asarray(rollouts(m, pre, feats, key, k=args.k, steps=args.steps,
+                                anchor_post=anc))
         dt = time.perf_counter() - t0
         iv = strip_intervals(y, fs)  # (n, k)
         q = iv["QTcF"]
@@ -203,14 +244,14 @@ def main(argv=None) -> int:
                       "pr_mae_ms": float(np.nanmean(np.abs(np.nanmedian(iv["PR"], 1) - y_pr))),
                       "qtcf_cover90": float(np.mean((y_qtcf >= lo) & (y_qtcf <= hi))),
                       "qtcf_crps_ms": float(np.nanmean(crps_ensemble(q, y_qtcf))),
+                      **beat_scores(y.mean(1), truth, fs, lead_ii),
                       "rollouts_per_s": y.shape[0] * y.shape[1] / dt}
         h = {"default": rate(plausibility(y, fs, amp))}
-        y10 = np.asarray(rollouts(m, pre, feats, key, k=args.k, steps=10))
+        y10 = np.asarray(rollouts(m, pre, feats, key, k=args.k, steps=10, anchor_post=anc))
         h["10 steps"] = rate(plausibility(y10, fs, amp))
-        a2 = Action(pairs.drug[te], 2.0 * pairs.dose_mg[te], pairs.time_h[te], check=False)
-        f2 = np.asarray(action_features(prep.pharm, a2))
         h["2x dose"] = rate(plausibility(np.asarray(rollouts(m, pre, f2, key, k=args.k,
-                                                             steps=args.steps)), fs, amp))
+                                                             steps=args.steps,
+                                                             anchor_post=anc2)), fs, amp))
         halluc[name] = h
         print(name, rows[name], {k: round(v["rate"], 3) for k, v in h.items()}, file=sys.stderr)
     # ODE-only and direct regression (deterministic)
@@ -224,6 +265,7 @@ def main(argv=None) -> int:
                       "pr_mae_ms": float(np.nanmean(np.abs(iv["PR"] - y_pr))),
                       "qtcf_cover90": float("nan"),
                       "qtcf_crps_ms": float(np.nanmean(np.abs(iv["QTcF"] - y_qtcf))),
+                      **beat_scores(pred, truth, fs, lead_ii),
                       "rollouts_per_s": float("nan")}
         halluc[name] = {"default": rate(plausibility(pred[:, None], fs, amp))}
     # autoencoder: held-out synthetic patients and the LUDB reporting split
@@ -259,8 +301,13 @@ def main(argv=None) -> int:
             a = make_action("dofetilide", 500, "ug", 2.5, library=prep.pharm.library)
             fl = np.asarray(action_features(prep.pharm, a))
             fl = np.broadcast_to(fl, (len(xs), fl.shape[0]))
+            al = Action(np.full(len(xs), int(a.drug)), np.full(len(xs), float(a.dose_mg),
+                                                               np.float32),
+                        np.full(len(xs), 2.5, np.float32), check=False)
+            anc_l = anchor_strips_for(xs, al, prep.pharm, pairs.spec, m0)
             for name, m in models.items():
-                yl = np.asarray(rollouts(m, xs, fl, key, k=args.k, steps=args.steps))
+                yl = np.asarray(rollouts(m, xs, fl, key, k=args.k, steps=args.steps,
+                                         anchor_post=anc_l))
                 amp_l = np.median(np.ptp(xs, axis=-1), axis=0)
                 halluc[name]["LUDB inputs"] = rate(plausibility(yl, fs, amp_l))
             ludb_note = f"{len(strips)} sinus-rhythm records of the reporting split"
@@ -287,11 +334,13 @@ def main(argv=None) -> int:
              f"rollouts, {args.steps} DDIM steps. Floor (intervals read off the true post "
              f"strips vs the exact ones): QTcF {floor_qtcf:.1f} ms, PR {floor_pr:.1f} ms.", "",
              "| method | RMSE (mV) | r | QTcF MAE (ms) | PR MAE (ms) | QTcF 90% cover | "
-             "QTcF CRPS (ms) | rollouts/s |", "|---|---|---|---|---|---|---|---|"]
+             "QTcF CRPS (ms) | median-beat r | beats r >= 0.95 | HR MAE (bpm) | rollouts/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in methods:
         v = rows[m]
         lines.append(f"| {m} | {v['rmse_mV']:.3f} | {v['r']:.3f} | {v['qtcf_mae_ms']:.1f} | "
                      f"{v['pr_mae_ms']:.1f} | {v['qtcf_cover90']:.2f} | {v['qtcf_crps_ms']:.1f} "
+                     f"| {v['beat_r']:.3f} | {v['beat_r_ge_095']:.2f} | {v['hr_mae_bpm']:.1f} "
                      f"| {v['rollouts_per_s']:.0f} |")
     lines += ["", "Hallucination rate (share of strips failing a plausibility rule; 95% "
               "Wilson CI; n strips):", "", "| method | condition | rate | 95% CI | n |",

@@ -101,8 +101,20 @@ def _add_world(sub):
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--steps", type=int, default=None, help="diffusion steps (preset's default)")
     p.add_argument("--ae-steps", type=int, default=None, help="autoencoder steps")
+    p.add_argument("--anchor-scale", type=float, default=None,
+                   help="lambda_0 of the anchor weight lambda(t) = lambda_0 alpha_t^(2p) "
+                        "(preset's default)")
+    p.add_argument("--anchor-power", type=float, default=None,
+                   help="p of the anchor weight (preset's default)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="g of the sampling-time anchor guidance gamma(t) = g alpha_t^(2q) "
+                        "(preset's default; 0 without the anchor)")
+    p.add_argument("--ae-ludb", type=pathlib.Path, default=None,
+                   help="LUDB folder: its tuning-split records join the autoencoder's training "
+                        "strips (unlabelled; the reporting split is never read)")
     p = sub.add_parser("simulate", help="imagine post-intervention ECGs with a world model")
-    p.add_argument("--model", type=pathlib.Path, required=True, help="model directory")
+    p.add_argument("--model", required=True,
+                   help="model directory, or the name of a shipped model (quick)")
     p.add_argument("--record", required=True,
                    help="WFDB record path, or COHORT.nc:PATIENT_INDEX (its pre-dose segment)")
     p.add_argument("--drug", required=True)

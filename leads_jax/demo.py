@@ -1,6 +1,6 @@
 """The end-to-end demo behind ``make demo``: offline, built-in defaults, minutes on a CPU.
 
-Three stages, each writing netCDF (h5netcdf) and figures:
+Four stages, each writing netCDF (h5netcdf) and figures:
 
 1. **McSharry ECG cohort** -- 16 synthetic ECGs over 50-110 bpm with physiological
    heart-rate scaling, and their reference intervals (RR, PR, QRS, QT, QTcF).
@@ -13,6 +13,11 @@ Three stages, each writing netCDF (h5netcdf) and figures:
 3. **ECG world cohort** -- virtual patients from the calibrated drug-response model
    (placebo, dofetilide, quinidine, ranolazine, verapamil at several times after the
    dose), with exact intervals and risk labels.
+4. **ECG world model** -- the world model that ships with the package
+   (:func:`ecg_world.world.pretrained.load_shipped`, no training) imagines a virtual
+   patient's ECG at 1, 2.5 and 6 h after dofetilide 500 ug (``ecg-world simulate --model
+   quick``): rollouts as netCDF, a figure with the mean rollout, its 90% band and the intervals.
+   The patient is from stage 3's cohort, which the shipped model never saw.
 
 Usage: ``python -m leads_jax.demo [--out DIR] [--seed N] [--quick]``.
 """
@@ -124,6 +129,18 @@ def world_cohort(out: pathlib.Path, seed: int, quick: bool) -> list[pathlib.Path
     return [path]
 
 
+def world_rollouts(out: pathlib.Path, seed: int, quick: bool) -> list[pathlib.Path]:
+    from ecg_world.cli import main as ecg_world_main
+
+    dest = out / "world_rollouts"
+    args = ["simulate", "--model", "quick", "--record", f"{out / 'ecg_world_cohort.nc'}:0",
+            "--drug", "dofetilide", "--dose", "500", "--unit", "ug", "--hours", "1", "2.5", "6",
+            "-k", "16" if quick else "64", "--seed", str(seed), "--out", str(dest)]
+    if ecg_world_main(args) != 0:
+        raise RuntimeError("ecg-world simulate failed (see the message above)")
+    return [dest / "rollouts.nc", dest / "rollouts.png"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m leads_jax.demo", description=__doc__,
@@ -137,10 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     stages = (
-        ("1/3 McSharry ECG cohort", lambda: ecg_cohort(out, args.seed)),
-        ("2/3 LEADS: offline agent-driven discovery",
+        ("1/4 McSharry ECG cohort", lambda: ecg_cohort(out, args.seed)),
+        ("2/4 LEADS: offline agent-driven discovery",
          lambda: leads_discover(out, args.seed, args.quick)),
-        ("3/3 ECG world: drug-response cohort", lambda: world_cohort(out, args.seed, args.quick)),
+        ("3/4 ECG world: drug-response cohort", lambda: world_cohort(out, args.seed, args.quick)),
+        ("4/4 ECG world model: imagined post-dose ECGs (shipped weights)",
+         lambda: world_rollouts(out, args.seed, args.quick)),
     )
     written: list[pathlib.Path] = []
     for title, run in stages:

@@ -46,5 +46,6 @@ def test_demo_quick_end_to_end(tmp_path):
                          timeout=1500)
     assert out.returncode == 0, out.stderr[-3000:]
     for name in ("ecg_cohort.nc", "ecg_cohort.png", "leads_ground_truth.nc",
-                 "leads_run/report.md", "ecg_world_cohort.nc", "leads_run/results.nc"):
+                 "leads_run/report.md", "ecg_world_cohort.nc", "leads_run/results.nc",
+                 "world_rollouts/rollouts.nc", "world_rollouts/rollouts.png"):
         assert (tmp_path / name).exists(), name

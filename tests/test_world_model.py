@@ -137,6 +137,43 @@ def test_save_load_identical_samples_and_keys_differ(trained, prepared):
     assert np.all(np.isfinite(anc))
 
 
+def test_anchor_guidance_is_a_proximal_step_toward_the_anchor(trained, prepared):
+    """Guidance g -> infinity samples the anchor itself; g = 0 is the unguided sampler; a
+    guided model refuses to sample without the anchor."""
+    import dataclasses
+
+    from ecg_world.world.diffusion import sample_latents
+
+    _, model, _ = trained
+    pre = prepared.pairs.pre[:2]
+    f = prepared.pairs.features[:2]
+    anchor = jnp.asarray(prepared.anchor_post[:2])
+    key = jax.random.key(5)
+    free = np.asarray(rollouts(model, pre, f, key, k=2, steps=6))
+    np.testing.assert_array_equal(
+        free, np.asarray(rollouts(model, pre, f, key, k=2, steps=6, anchor_post=anchor,
+                                  guidance=0.0)))
+    pinned = np.asarray(rollouts(model, pre, f, key, k=2, steps=6, anchor_post=anchor,
+                                 guidance=1e7))
+    ae = model.autoencoder
+    target = np.asarray(ae.decode(ae.encode(anchor)))
+    np.testing.assert_allclose(pinned[:, 0], target, atol=2e-3 * np.abs(target).max())
+    np.testing.assert_allclose(pinned[:, 1], target, atol=2e-3 * np.abs(target).max())
+    mid = np.asarray(rollouts(model, pre, f, key, k=2, steps=6, anchor_post=anchor,
+                              guidance=1.0))
+    d_free, d_mid = (float(np.mean((v[:, 0] - target) ** 2)) for v in (free, mid))
+    assert d_mid < d_free  # a finite guidance moves the rollouts toward the anchor
+    guided = dataclasses.replace(model, diffusion_config=dataclasses.replace(
+        model.diffusion_config, guidance_scale=1.0))
+    with pytest.raises(ValueError, match="anchor_post"):
+        rollouts(guided, pre, f, key, k=1, steps=2)
+    with pytest.raises(ValueError, match="guidance"):
+        rollouts(model, pre, f, key, k=1, steps=2, anchor_post=anchor, guidance=-1.0)
+    with pytest.raises(ValueError, match="x0_anchor"):
+        sample_latents(model.denoiser, jnp.zeros((1, model.diffusion_config.latent_dim)),
+                       f[:1], jax.random.split(key, 1), steps=2, guidance=1.0)
+
+
 def test_anchor_switch_both_paths_run(prepared, tmp_path):
     import dataclasses
 
@@ -146,6 +183,15 @@ def test_anchor_switch_both_paths_run(prepared, tmp_path):
     assert np.all(hist["diff_loss"][:, 2] == 0.0)
     c = json.loads((tmp_path / "noanchor" / "config.json").read_text())
     assert c["diffusion"]["anchor_scale"] == 0.0 and c["anchor"]["use_anchor"] is False
+    # the same switch turns the sampling-time guidance off
+    cfg_g = dataclasses.replace(cfg, guidance_scale=2.0)
+    train("unused.nc", tmp_path / "noanchor_g", cfg_g, prepared=prepared, verbose=False)
+    c = json.loads((tmp_path / "noanchor_g" / "config.json").read_text())
+    assert c["diffusion"]["guidance_scale"] == 0.0
+    train("unused.nc", tmp_path / "anchor_g", dataclasses.replace(cfg_g, use_anchor=True),
+          prepared=prepared, verbose=False)
+    c = json.loads((tmp_path / "anchor_g" / "config.json").read_text())
+    assert c["diffusion"]["guidance_scale"] == 2.0 and c["anchor"]["guidance_scale"] == 2.0
 
 
 def test_resume_continues_the_same_curve(prepared, tmp_path):
@@ -313,3 +359,97 @@ def test_simulate_cli_bad_inputs(trained, data_dir, capsys):
     assert "notadrug" in capsys.readouterr().err
     assert main(base) == 2  # MIT-BIH 100 has MLII and V5, the model needs II and V2
     assert "V2" in capsys.readouterr().err
+
+
+def test_simulate_with_guidance_fits_the_anchor(trained, prepared, tmp_path):
+    import dataclasses
+
+    from ecg_world.world.sample import simulate
+
+    out, model, _ = trained
+    guided = dataclasses.replace(model, diffusion_config=dataclasses.replace(
+        model.diffusion_config, guidance_scale=1.0))
+    pharm = prepared.pharm
+    act = make_action("dofetilide", 500, "ug", 2.0, library=pharm.library)
+    action = Action(np.array([int(act.drug)]), np.array([float(act.dose_mg)], np.float32),
+                    np.array([2.0], np.float32), pharm.library)
+    ds = simulate(guided, np.asarray(prepared.pairs.pre[0]), action, pharm, k=2, steps=3,
+                  seed=0, source="test", model_dir=str(out))
+    assert ds.attrs["anchor_guidance"] == 1.0 and ds.attrs["anchor_fit_r"] > 0.5
+    assert np.all(np.isfinite(ds["ecg"].values))
+
+
+def test_shipped_model_loads_samples_and_is_reproducible(data_dir):
+    """The quick model in the package: within 5 MB, reproducible by the commands in its
+    config, hash-checked on load; it reads a real LUDB record, and its rollouts are
+    reproducible for a seed, differ between seeds, and lengthen QTcF under dofetilide."""
+    from ecg_world.world.evaluate import strip_intervals
+    from ecg_world.world.pretrained import load_shipped, resolve_model, shipped_model_path
+    from ecg_world.world.sample import read_input_strip, simulate
+
+    path = shipped_model_path("quick")
+    size = sum(f.stat().st_size for f in (path / "weights").rglob("*") if f.is_file())
+    assert size <= 5 * 1024 * 1024
+    cfg = json.loads((path / "config.json").read_text())
+    cmds = cfg["reproduce"]["commands"]
+    assert cmds[0].startswith("ecg-world synth") and "--preset quick" in cmds[1]
+    assert resolve_model("quick") == path
+    with pytest.raises(ModelFormatError, match="shipped"):
+        resolve_model("no-such-model")
+    model = load_shipped("quick")
+    assert model.diffusion_config.guidance_scale > 0
+    pre, _ = read_input_strip(str(data_dir / "ludb" / "1"), model.spec)
+    ae = model.autoencoder
+    rec = np.asarray(ae.decode(ae.encode(jnp.asarray(pre)[None])))[0]
+    r = np.corrcoef(rec[0], pre[0])[0, 1]
+    assert r > 0.7, r  # the real strip is not out of the autoencoder's reach
+    pharm = default_calibration().pharmacology
+    acts = [make_action(d, None, None, 2.5, library=pharm.library)
+            for d in ("placebo", "dofetilide")]
+    action = Action(np.array([int(a.drug) for a in acts]),
+                    np.array([float(a.dose_mg) for a in acts], np.float32),
+                    np.full(2, 2.5, np.float32), pharm.library)
+    a = simulate(model, pre, action, pharm, k=8, steps=20, seed=3)
+    b = simulate(model, pre, action, pharm, k=8, steps=20, seed=3)
+    np.testing.assert_array_equal(a["ecg"].values, b["ecg"].values)
+    c = simulate(model, pre, action, pharm, k=8, steps=20, seed=4)
+    assert np.max(np.abs(a["ecg"].values - c["ecg"].values)) > 1e-3
+    q = strip_intervals(a["ecg"].values, model.spec.sampling_rate)["QTcF"]  # (2, k)
+    assert np.nanmedian(q[1]) > np.nanmedian(q[0]) + 10.0, q
+
+
+def test_ludb_tuning_strips_join_the_autoencoder_pool(data_dir, prepared, tmp_path):
+    """Only the tuning split of a LUDB folder is read; the strips join the autoencoder's pool
+    at the configured share, with their provenance in the model's config."""
+    import dataclasses
+    import shutil
+
+    from ecg_world.ludb import ludb_split
+    from ecg_world.world.train import ludb_tuning_strips
+
+    spec = prepared.pairs.spec
+    with pytest.raises(ValueError, match="tuning split"):  # records 1 and 101 are reporting
+        ludb_tuning_strips(data_dir / "ludb", spec)
+    # record 1 under the id 7 (tuning split): rewrite the header's record and file names
+    assert ludb_split("7") == "tuning" and ludb_split("1") == "reporting"
+    for f in (data_dir / "ludb").glob("1.*"):
+        dest = tmp_path / ("7" + f.suffix)
+        if f.suffix == ".hea":
+            dest.write_text("\n".join(("7" + ln[1:]) if ln.startswith("1") else ln
+                                      for ln in f.read_text().splitlines()) + "\n")
+        else:
+            shutil.copy(f, dest)
+    for f in (data_dir / "ludb").glob("101.*"):  # a reporting record beside it is skipped
+        shutil.copy(f, tmp_path / f.name)
+    strips, ids = ludb_tuning_strips(tmp_path, spec)
+    assert ids == ["7"] and strips.shape == (3, 2, spec.n_samples)
+    assert np.all(np.isfinite(strips)) and np.ptp(strips[0, 0]) > 0.3  # mV, not raw ADC
+    cfg = dataclasses.replace(TINY, ae_steps=2, diff_steps=2, checkpoint_every=100)
+    train("unused.nc", tmp_path / "m", cfg, prepared=prepared, verbose=False,
+          real_strips=(strips, {"source": "test", "records": ids}))
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())["ae_real_strips"]
+    assert meta["records"] == ["7"] and meta["n_strips"] == 3
+    assert 0.15 < meta["share"] < 0.35
+    with pytest.raises(ValueError, match="real_strips"):
+        train("unused.nc", tmp_path / "m2", cfg, prepared=prepared, verbose=False,
+              real_strips=(strips[:, :1], {}))

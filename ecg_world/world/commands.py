@@ -22,8 +22,25 @@ def run_train(args) -> int:
         cfg = dataclasses.replace(cfg, diff_steps=int(args.steps))
     if args.ae_steps is not None:
         cfg = dataclasses.replace(cfg, ae_steps=int(args.ae_steps))
+    for name, arg in (("anchor_scale", "anchor_scale"), ("anchor_power", "anchor_power"),
+                      ("guidance_scale", "guidance")):
+        v = getattr(args, arg, None)
+        if v is not None:
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f"--{arg.replace('_', '-')} must be finite and >= 0 (got {v})")
+            cfg = dataclasses.replace(cfg, **{name: float(v)})
     command = "ecg-world " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    model, hist = train(args.data, args.out, cfg, resume=args.resume, command=command)
+    real = None
+    if getattr(args, "ae_ludb", None) is not None:
+        from .train import ludb_tuning_strips, prepare_data
+
+        spec = prepare_data(args.data, seed=cfg.seed, anchor_steps=cfg.anchor_steps,
+                            verbose=False).pairs.spec
+        strips, ids = ludb_tuning_strips(args.ae_ludb, spec)
+        real = (strips, {"source": "LUDB tuning split (ecg_world.ludb.ludb_split)",
+                         "records": ids})
+    model, hist = train(args.data, args.out, cfg, resume=args.resume, command=command,
+                        real_strips=real)
     ae = hist["ae_loss"]
     dl = hist["diff_loss"]
     print(f"wrote {args.out}: autoencoder MSE {ae[-1] if ae.size else float('nan'):.3g} mV^2, "
@@ -38,6 +55,7 @@ def run_simulate(args) -> int:
     from ..drugs import load_drugs
     from ..intervals import IntervalConfig, measure_intervals
     from .model import load_model
+    from .pretrained import resolve_model
     from .sample import SAMPLERS, plot_rollouts, read_input_strip, simulate
 
     if args.k < 1:
@@ -47,7 +65,8 @@ def run_simulate(args) -> int:
     hours = [float(h) for h in args.hours]
     if any(not np.isfinite(h) or h < 0 for h in hours):
         raise ValueError(f"--hours must be finite and >= 0 h since the dose (got {hours})")
-    model = load_model(args.model)
+    model_dir = resolve_model(args.model)
+    model = load_model(model_dir)
     cal = default_calibration()
     if args.drugs_file:
         cal = cal.with_library(load_drugs(args.drugs_file))
@@ -59,7 +78,7 @@ def run_simulate(args) -> int:
                     np.array(hours, np.float32), pharm.library)
     pre, source = read_input_strip(args.record, model.spec, start_s=args.start)
     ds = simulate(model, pre, action, pharm, k=args.k, seed=args.seed, steps=args.steps,
-                  sampler=args.sampler, source=source, model_dir=str(args.model))
+                  sampler=args.sampler, source=source, model_dir=str(model_dir))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     icfg = IntervalConfig.for_duration(model.spec.sampling_rate, model.spec.duration_s)

@@ -30,7 +30,7 @@ from .data import action_features, strips_from_record
 from .diffusion import sample_latents
 from .model import WorldModel
 
-__all__ = ["rollouts", "simulate", "read_input_strip", "SAMPLERS"]
+__all__ = ["rollouts", "anchor_strips", "simulate", "read_input_strip", "SAMPLERS"]
 
 #: sampler name -> DDIM eta
 SAMPLERS = {"ddim": 0.0, "ancestral": 1.0}
@@ -38,25 +38,31 @@ SAMPLERS = {"ddim": 0.0, "ancestral": 1.0}
 _CACHE: dict = {}
 
 
-def _compiled(model: WorldModel, k: int, steps: int, eta: float, shared: bool):
-    key = (id(model.autoencoder), id(model.denoiser), k, steps, eta, shared)
+def _compiled(model: WorldModel, k: int, steps: int, eta: float, shared: bool,
+              guidance: float, guidance_power: float):
+    key = (id(model.autoencoder), id(model.denoiser), k, steps, eta, shared, guidance,
+           guidance_power)
     if key in _CACHE:
         return _CACHE[key]
     gd, state = nnx.split((model.autoencoder, model.denoiser))
 
     @jax.jit
-    def run(state, pre, feats, key, pre_mean, pre_std, delta_std):
+    def run(state, pre, feats, anchor_post, key, pre_mean, pre_std, delta_std):
         ae, den = nnx.merge(gd, state)
         b = pre.shape[0]
         z_pre = ae.encode(pre)
         zp = (z_pre - pre_mean) / pre_std
         zp_k = jnp.repeat(zp, k, axis=0)
         f_k = jnp.repeat(feats, k, axis=0)
+        xa_k = None
+        if guidance > 0.0:
+            xa_k = jnp.repeat((ae.encode(anchor_post) - z_pre) / delta_std, k, axis=0)
         if shared:  # the same k noise streams for every row (a coherent time course)
             keys = jnp.concatenate([jax.random.split(key, k)] * b)
         else:
             keys = jax.random.split(key, b * k)
-        x0 = sample_latents(den, zp_k, f_k, keys, steps=steps, eta=eta)
+        x0 = sample_latents(den, zp_k, f_k, keys, steps=steps, eta=eta, x0_anchor=xa_k,
+                            guidance=guidance, guidance_power=guidance_power)
         z = jnp.repeat(z_pre, k, axis=0) + x0 * delta_std
         y = ae.decode(z)
         return y.reshape((b, k) + y.shape[1:])
@@ -66,27 +72,68 @@ def _compiled(model: WorldModel, k: int, steps: int, eta: float, shared: bool):
     return _CACHE[key]
 
 
+def _strips(x, model: WorldModel, what: str):
+    x = jnp.asarray(x, jnp.float32)
+    want = (len(model.spec.leads), model.spec.n_samples)
+    if x.ndim != 3 or tuple(x.shape[1:]) != want:
+        raise ValueError(f"{what} must have shape (batch, {want[0]}, {want[1]}); got "
+                         f"{tuple(x.shape)}")
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{what} contain NaN/inf samples")
+    return x
+
+
 def rollouts(model: WorldModel, pre, features, key, *, k: int, steps: int = 50,
-             sampler: str = "ddim", shared_noise_across_rows: bool = False):
+             sampler: str = "ddim", shared_noise_across_rows: bool = False,
+             anchor_post=None, guidance: float | None = None):
     """``(batch, k, lead, time)`` rollouts (mV) for pre strips ``(batch, lead, time)`` and
-    action features ``(batch, F)`` (:func:`ecg_world.world.data.action_features`)."""
+    action features ``(batch, F)`` (:func:`ecg_world.world.data.action_features`).
+
+    `guidance` (default: the model's ``guidance_scale``) > 0 samples with the anchor's
+    proximal step (:mod:`ecg_world.world.diffusion`) and then needs `anchor_post`, the
+    McSharry anchor's post strips of the same rows (:func:`anchor_strips`)."""
     if int(k) < 1:
         raise ValueError(f"k (rollouts per patient) must be >= 1 (got {k})")
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid: {list(SAMPLERS)}")
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1 (got {steps})")
-    pre = jnp.asarray(pre, jnp.float32)
-    want = (len(model.spec.leads), model.spec.n_samples)
-    if pre.ndim != 3 or tuple(pre.shape[1:]) != want:
-        raise ValueError(f"pre strips must have shape (batch, {want[0]}, {want[1]}); got "
-                         f"{tuple(pre.shape)}")
-    if not bool(jnp.all(jnp.isfinite(pre))):
-        raise ValueError("pre strips contain NaN/inf samples")
+    dfc = model.diffusion_config
+    g = float(dfc.guidance_scale if guidance is None else guidance)
+    if not (np.isfinite(g) and g >= 0.0):
+        raise ValueError(f"guidance must be finite and >= 0 (got {g})")
+    pre = _strips(pre, model, "pre strips")
+    if g > 0.0:
+        if anchor_post is None:
+            raise ValueError(f"this model samples with anchor guidance {g:g}: pass anchor_post "
+                             "(ecg_world.world.sample.anchor_strips) or guidance=0")
+        anchor_post = _strips(anchor_post, model, "anchor_post strips")
+        if anchor_post.shape[0] != pre.shape[0]:
+            raise ValueError(f"anchor_post has {anchor_post.shape[0]} rows, pre {pre.shape[0]}")
+    else:
+        anchor_post = pre  # unused
     run, state = _compiled(model, int(k), int(steps), SAMPLERS[sampler],
-                           bool(shared_noise_across_rows))
-    return run(state, pre, jnp.asarray(features, jnp.float32), key, model.pre_mean,
-               model.pre_std, model.delta_std)
+                           bool(shared_noise_across_rows), g, float(dfc.guidance_power))
+    return run(state, pre, jnp.asarray(features, jnp.float32), anchor_post, key,
+               model.pre_mean, model.pre_std, model.delta_std)
+
+
+def anchor_strips(model: WorldModel, pre, actions: Action, pharm, *,
+                  n_steps: int | None = None):
+    """The McSharry anchor's post strips ``(n, lead, time)`` for ONE pre strip ``(lead,
+    time)`` under ``n`` actions: one batched, jitted fit of the strip
+    (:func:`ecg_world.world.anchor.fit_anchor`, the model's training ``anchor_steps`` unless
+    `n_steps`), then the pharmacology per action. Returns ``(strips, fit)``."""
+    from .anchor import AnchorConfig, anchor_post_strips, fit_anchor
+
+    steps = int(n_steps or model.meta.get("training", {}).get("anchor_steps", 600))
+    acfg = AnchorConfig(sampling_rate=model.spec.sampling_rate, n_steps=steps)
+    fit = fit_anchor(_strips(jnp.asarray(pre)[None], model, "pre strip"), acfg)
+    n = int(np.size(actions.drug))
+    fit_n = jax.tree_util.tree_map(lambda v: jnp.repeat(v, n, axis=0), fit)
+    post, _ = anchor_post_strips(fit_n, actions, pharm, n_samples=model.spec.n_samples,
+                                 config=acfg)
+    return post, fit
 
 
 def read_input_strip(record: str, spec, *, start_s: float = 0.0):
@@ -132,8 +179,13 @@ def simulate(model: WorldModel, pre: np.ndarray, actions: Action, pharm, *, k: i
     n = int(np.size(actions.drug))
     feats = action_features(pharm, actions)
     pre_b = jnp.broadcast_to(jnp.asarray(pre, jnp.float32)[None], (n,) + np.shape(pre))
+    g = float(model.diffusion_config.guidance_scale)
+    anchor, fit_r = None, float("nan")
+    if g > 0.0:
+        anchor, fit = anchor_strips(model, pre, actions, pharm)
+        fit_r = float(np.asarray(fit.corr)[0])
     y = np.asarray(rollouts(model, pre_b, feats.reshape(n, -1), jax.random.key(seed), k=k,
-                            steps=steps, sampler=sampler))
+                            steps=steps, sampler=sampler, anchor_post=anchor))
     spec = model.spec
     t = np.arange(spec.n_samples) / spec.sampling_rate
     names = pharm.library.names
@@ -153,6 +205,7 @@ def simulate(model: WorldModel, pre: np.ndarray, actions: Action, pharm, *, k: i
                    np.ravel(np.asarray(actions.dose_mg)).tolist()),
                "seed": int(seed), "sampler": sampler, "steps": int(steps),
                "time_course": "rollouts at different times are drawn independently",
+               "anchor_guidance": g, "anchor_fit_r": fit_r,
                "training_command": str(model.meta.get("command"))})
     return ds
 
