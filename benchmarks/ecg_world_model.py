@@ -12,12 +12,19 @@ QTcF; sampling throughput (compile apart); hallucination rates by the rules of
 ecg_world.world.evaluate (default and 10 steps, 2x the dose, LUDB reporting-split inputs) with
 95% Wilson intervals; the autoencoder's reconstruction and decoded-interval errors.
 
-Usage (the committed table)::
+Usage (the committed table; the first two commands are what
+``python benchmarks/ship_world_model.py --work W`` runs, and M is then the shipped model
+``ecg_world/data/models/quick``)::
 
-    ecg-world synth --n-patients 24 --seed 1 --duration 4.2 --leads I II V2 --out C.nc
-    ecg-world train --data C.nc --out M --preset quick --seed 0
-    ecg-world train --data C.nc --out M0 --preset quick --no-anchor --seed 0
-    python benchmarks/ecg_world_model.py --data C.nc --model M --model-no-anchor M0
+    ecg-world synth --n-patients 96 --seed 1 --duration 4.2 --out C.nc
+    ecg-world train --data C.nc --out M --preset quick --seed 0 --ae-ludb ../shared/data/ludb
+    ecg-world train --data C.nc --out M0 --preset quick --no-anchor --seed 0 \
+        --ae-ludb ../shared/data/ludb
+    python benchmarks/ecg_world_model.py --data C.nc --model M --model-no-anchor M0 -k 8
+
+The LUDB strips the autoencoder may see are the tuning split's; the LUDB rows here are the
+reporting split's. Add ``--split val`` to score the validation patients instead (what the
+preset's anchor guidance was chosen on).
 """
 
 from __future__ import annotations
@@ -202,6 +209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ludb", type=pathlib.Path,
                     default=pathlib.Path(__file__).parents[2] / "shared" / "data" / "ludb")
     ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    ap.add_argument("--split", choices=["test", "val"], default="test",
+                    help="the held-out patients scored (default test; val for tuning)")
     args = ap.parse_args(argv)
     models = {"world model": load_model(args.model),
               "no anchor": load_model(args.model_no_anchor)}
@@ -210,7 +219,7 @@ def main(argv=None) -> int:
     prep = prepare_data(args.data, seed=seed,
                         anchor_steps=int(m0.meta.get("training", {}).get("anchor_steps", 600)))
     pairs = prep.pairs
-    te, tr = pairs.split_index("test"), pairs.split_index("train")
+    te, tr = pairs.split_index(args.split), pairs.split_index("train")
     fs = pairs.spec.sampling_rate
     lead_ii = list(pairs.spec.leads).index("II") if "II" in pairs.spec.leads else 0
     truth = np.asarray(pairs.post)[te]
@@ -322,14 +331,16 @@ def main(argv=None) -> int:
                     coords={"method": methods, "metric": metrics},
                     attrs={"data": str(args.data), "model": str(args.model),
                            "model_no_anchor": str(args.model_no_anchor), "k": args.k,
-                           "steps": args.steps, "split": "test (held-out virtual patients)",
+                           "steps": args.steps,
+                           "split": f"{args.split} (held-out virtual patients)",
                            "n_pairs": int(te.size), "floor_qtcf_mae_ms": floor_qtcf,
                            "floor_pr_mae_ms": floor_pr, "autoencoder": json.dumps(ae),
                            "hallucination": json.dumps(halluc), "ludb": ludb_note,
                            "command": "python " + " ".join(sys.argv)})
     ds.to_netcdf(args.out / "ecg_world_model.nc", engine="h5netcdf")
     lines = ["# ECG world model: four methods on held-out virtual patients", "",
-             f"Command: `python {' '.join(sys.argv)}`  ", f"Test pairs: {te.size} "
+             f"Command: `python {' '.join(sys.argv)}`  ",
+             f"{args.split.capitalize()} pairs: {te.size} "
              f"({np.unique(np.asarray(pairs.patient)[te]).size} patients), k = {args.k} "
              f"rollouts, {args.steps} DDIM steps. Floor (intervals read off the true post "
              f"strips vs the exact ones): QTcF {floor_qtcf:.1f} ms, PR {floor_pr:.1f} ms.", "",

@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     cfg["data"]["path"] = "cohort.nc (not shipped: made by the synth command above)"
     DEST.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{args.name}.", dir=DEST))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from other users of an install
     try:
         shutil.copytree(model / "weights", tmp / "weights")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

@@ -119,9 +119,10 @@ def test_tiny_model_trains_and_loss_falls(trained, prepared):
     assert cfg["ecg_world_version"] and cfg["command"] == "test"
 
 
-def test_save_load_identical_samples_and_keys_differ(trained, prepared):
+def test_save_load_identical_samples_and_keys_differ(trained, prepared, monkeypatch):
     out, model, _ = trained
-    loaded = load_model(out)
+    monkeypatch.chdir(out.parent)
+    loaded = load_model(out.name)  # a relative path works too
     pre = prepared.pairs.pre[:2]
     f = prepared.pairs.features[:2]
     key = jax.random.key(3)

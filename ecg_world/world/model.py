@@ -165,7 +165,7 @@ def load_model(path: str | pathlib.Path, *, check_version: bool = True) -> World
     """Load a model directory written by :func:`save_model` (see the module docstring)."""
     import orbax.checkpoint as ocp
 
-    path = pathlib.Path(path)
+    path = pathlib.Path(path).absolute()  # orbax reads absolute paths only
     if not path.is_dir():
         raise ModelFormatError(f"model directory not found: {path}")
     cfg_path = path / CONFIG_FILE
