@@ -55,6 +55,7 @@ def main(argv=None) -> int:
                          "../shared/data/ludb; skipped when absent)")
     args = ap.parse_args(argv)
     from ecg_world.calibration import _git_commit
+    from ecg_world.world.model import replace_dir
 
     work = args.work or pathlib.Path(tempfile.mkdtemp(prefix="ship_world_model."))
     work.mkdir(parents=True, exist_ok=True)
@@ -100,12 +101,7 @@ def main(argv=None) -> int:
     try:
         shutil.copytree(model / "weights", tmp / "weights")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        final, old = DEST / args.name, DEST / f".{args.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, DEST / args.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.work is None:

@@ -30,17 +30,16 @@ def run_train(args) -> int:
                 raise ValueError(f"--{arg.replace('_', '-')} must be finite and >= 0 (got {v})")
             cfg = dataclasses.replace(cfg, **{name: float(v)})
     command = "ecg-world " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    real = None
-    if getattr(args, "ae_ludb", None) is not None:
+    prep, real = None, None
+    if getattr(args, "ae_ludb", None) is not None:  # the strips need the cohort's strip spec
         from .train import ludb_tuning_strips, prepare_data
 
-        spec = prepare_data(args.data, seed=cfg.seed, anchor_steps=cfg.anchor_steps,
-                            verbose=False).pairs.spec
-        strips, ids = ludb_tuning_strips(args.ae_ludb, spec)
+        prep = prepare_data(args.data, seed=cfg.seed, anchor_steps=cfg.anchor_steps)
+        strips, ids = ludb_tuning_strips(args.ae_ludb, prep.pairs.spec)
         real = (strips, {"source": "LUDB tuning split (ecg_world.ludb.ludb_split)",
                          "records": ids})
     model, hist = train(args.data, args.out, cfg, resume=args.resume, command=command,
-                        real_strips=real)
+                        prepared=prep, real_strips=real)
     ae = hist["ae_loss"]
     dl = hist["diff_loss"]
     print(f"wrote {args.out}: autoencoder MSE {ae[-1] if ae.size else float('nan'):.3g} mV^2, "

@@ -37,7 +37,8 @@ from .autoencoder import AEConfig, ECGAutoencoder
 from .data import StripSpec
 from .diffusion import Denoiser, DiffusionConfig
 
-__all__ = ["WorldModel", "save_model", "load_model", "ModelFormatError", "SCHEMA_VERSION"]
+__all__ = ["WorldModel", "save_model", "load_model", "replace_dir", "ModelFormatError",
+           "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -94,6 +95,18 @@ def _sha256_tree(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
+def replace_dir(new: pathlib.Path, final: pathlib.Path) -> None:
+    """Move the finished folder `new` to `final`, replacing a folder already there: the old
+    one is renamed aside (``.NAME.old``) first and removed after, so `final` is never a
+    half-written folder (renames are atomic on POSIX)."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_model(model: WorldModel, out: str | pathlib.Path, *, extra: dict | None = None
                ) -> pathlib.Path:
     """Write the model directory: the weights into a temporary folder renamed into place,
@@ -112,9 +125,7 @@ def save_model(model: WorldModel, out: str | pathlib.Path, *, extra: dict | None
                "files": {WEIGHTS_DIR: _sha256_tree(tmp / WEIGHTS_DIR)}}
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, default=str) + "\n")
         (out / CONFIG_FILE).unlink(missing_ok=True)
-        if (out / WEIGHTS_DIR).exists():
-            shutil.rmtree(out / WEIGHTS_DIR)
-        (tmp / WEIGHTS_DIR).rename(out / WEIGHTS_DIR)
+        replace_dir(tmp / WEIGHTS_DIR, out / WEIGHTS_DIR)
         os.replace(tmp / CONFIG_FILE, out / CONFIG_FILE)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -54,7 +54,7 @@ from .anchor import AnchorConfig, anchor_from_strips
 from .autoencoder import AEConfig, reconstruction_loss
 from .data import PairSet, StripSpec, pairs_from_batch, strips_from_record
 from .diffusion import DiffusionConfig, diffusion_loss
-from .model import WorldModel, fill_pure, save_model
+from .model import WorldModel, fill_pure, replace_dir, save_model
 
 __all__ = ["TrainConfig", "PRESETS", "train", "prepare_data", "Prepared", "ludb_tuning_strips"]
 
@@ -224,12 +224,7 @@ def _checkpoint(out: pathlib.Path, tree: dict, progress: dict) -> None:
         ocp.PyTreeCheckpointer().save(tmp / "state",
                                       jax.tree_util.tree_map(np.asarray, tree))
         (tmp / "progress.json").write_text(json.dumps(progress, indent=1))
-        old = out / ".checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
