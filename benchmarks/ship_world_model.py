@@ -13,6 +13,12 @@ into the package, atomically (a temporary folder renamed into place), and adds t
 ``config.json`` the commands above (``"reproduce"``), the git commit and the size. The weights'
 SHA-256 in ``config.json`` is the one ``load_model`` checks.
 
+``--update-sampling`` instead rewrites only the sampling-time settings of the shipped model
+(the anchor guidance ``guidance_scale, guidance_power, guidance_spread, guidance_target``) from
+the preset, leaving the weights as they are (the guidance does not enter training), and records
+the commit and the command that chose them (``benchmarks/world_model_guidance.py``) under
+``reproduce.sampling``.
+
 The same cohort and model are the "world model" row of ``benchmarks/ecg_world_model.py``::
 
     python benchmarks/ship_world_model.py --work /tmp/wm
@@ -53,9 +59,15 @@ def main(argv=None) -> int:
     ap.add_argument("--ludb", type=pathlib.Path, default=ROOT.parent / "shared" / "data" / "ludb",
                     help="LUDB folder whose tuning split joins the autoencoder (default "
                          "../shared/data/ludb; skipped when absent)")
+    ap.add_argument("--update-sampling", action="store_true",
+                    help="only rewrite the shipped model's sampling-time guidance settings "
+                         "from the preset (no training)")
     args = ap.parse_args(argv)
     from ecg_world.calibration import _git_commit
     from ecg_world.world.model import replace_dir
+
+    if args.update_sampling:
+        return update_sampling(args.name)
 
     work = args.work or pathlib.Path(tempfile.mkdtemp(prefix="ship_world_model."))
     work.mkdir(parents=True, exist_ok=True)
@@ -108,6 +120,46 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"shipped {DEST / args.name}: {size / 2**20:.2f} MiB of weights; synth "
           f"{t1 - t0:.0f} s, train {t2 - t1:.0f} s")
+    return 0
+
+
+SAMPLING_FIELDS = ("guidance_scale", "guidance_power", "guidance_spread", "guidance_target")
+
+
+def update_sampling(name: str) -> int:
+    """Rewrite the shipped model's sampling-time settings from the preset (module docstring)."""
+    from ecg_world.calibration import _git_commit
+    from ecg_world.world.model import load_model, replace_dir
+    from ecg_world.world.train import PRESETS
+
+    src = DEST / name
+    cfg = json.loads((src / "config.json").read_text())
+    preset = PRESETS[name]
+    for f in SAMPLING_FIELDS:
+        v = getattr(preset, f)
+        cfg["diffusion"][f] = v
+        cfg["training"][f] = v
+        cfg["anchor"][f] = v
+    cfg["anchor"]["guidance"] = ("at sampling, per condition: mean <- (mean + gamma x0_anchor) "
+                                 "/ (1 + gamma), deviations <- deviations / (1 + rho gamma), "
+                                 "gamma = g alpha_t^(2 q)")
+    cfg["reproduce"]["sampling"] = {
+        "fields": {f: getattr(preset, f) for f in SAMPLING_FIELDS},
+        "chosen_by": "python benchmarks/world_model_guidance.py --data cohort.nc --model "
+                     f"ecg_world/data/models/{name} (validation patients; "
+                     "benchmarks/results/world_model_guidance.md)",
+        "git_commit": _git_commit(),
+        "note": "sampling-time settings only; the weights are those of reproduce.git_commit"}
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.", dir=DEST))
+    tmp.chmod(0o755)
+    try:
+        shutil.copytree(src / "weights", tmp / "weights")
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        load_model(tmp)  # the rewritten directory still loads (hash, config)
+        replace_dir(tmp, src)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"updated {src}: " + ", ".join(f"{f} {getattr(preset, f)}" for f in SAMPLING_FIELDS))
     return 0
 
 

@@ -109,6 +109,14 @@ def _add_world(sub):
     p.add_argument("--guidance", type=float, default=None,
                    help="g of the sampling-time anchor guidance gamma(t) = g alpha_t^(2q) "
                         "(preset's default; 0 without the anchor)")
+    p.add_argument("--guidance-spread", type=float, default=None,
+                   help="rho in [0, 1]: how much the guidance shrinks the rollouts' spread "
+                        "around their mean (0: moves only the mean; 1: pulls every rollout to "
+                        "the anchor; preset's default)")
+    p.add_argument("--guidance-target", choices=["post", "change"], default=None,
+                   help="what the guidance pulls toward: the anchor's post latent, or its "
+                        "predicted change (fitted post - fitted pre) added to the real pre "
+                        "latent (preset's default)")
     p.add_argument("--ae-ludb", type=pathlib.Path, default=None,
                    help="LUDB folder: its tuning-split records join the autoencoder's training "
                         "strips (unlabelled; the reporting split is never read)")

@@ -7,7 +7,13 @@ import pytest
 
 from ecg_world.actions import Action, make_action
 from ecg_world.calibrated import default_calibration
-from ecg_world.world.anchor import AnchorConfig, anchor_post_strips, fit_anchor, simulate_strip
+from ecg_world.world.anchor import (
+    AnchorConfig,
+    anchor_post_strips,
+    anchor_pre_strips,
+    fit_anchor,
+    simulate_strip,
+)
 
 CFG = AnchorConfig(n_steps=800)
 
@@ -38,6 +44,11 @@ def test_anchor_fit_recovers_r_and_t_waves(truth_and_fit):
     assert float(fit.corr[0]) >= 0.99
     assert abs(float(fit.rr_s[0]) - 0.9) < 0.005
     assert abs(float(fit.t_first_r[0]) - 0.25) < 0.004
+    # the fitted pre strip is the fit itself: its r with the data is the fit's reported r
+    pre = np.asarray(anchor_pre_strips(fit, n_samples=1024, config=CFG))
+    assert pre.shape == (1, 1, 1024)
+    r = np.corrcoef(pre[0, 0], x[0])[0, 1]
+    assert r >= 0.99 and abs(r - float(fit.corr[0])) < 1e-3
 
 
 def test_anchor_applies_the_drug_through_the_pharmacology(truth_and_fit):
@@ -60,3 +71,10 @@ def test_anchor_applies_the_drug_through_the_pharmacology(truth_and_fit):
     win = (t > r0 + 0.15) & (t < r0 + 0.7)
     t_peak = [t[win][np.argmax(post[i, 0, win])] for i in range(2)]
     assert t_peak[1] > t_peak[0] + 0.01
+    # the ODE's predicted change over the first beat (later beats drift in phase with the
+    # heart-rate change): placebo leaves the fitted pre strip nearly as it was, while
+    # dofetilide changes it more
+    pre = np.asarray(anchor_pre_strips(two, n_samples=1024, config=CFG))
+    first = t < r0 + 0.7
+    d = [float(np.sqrt(np.mean((post[i, 0, first] - pre[i, 0, first]) ** 2))) for i in range(2)]
+    assert d[0] < 0.05 * np.ptp(pre[0, 0]) and d[1] > 1.3 * d[0], d

@@ -164,6 +164,19 @@ def test_anchor_guidance_is_a_proximal_step_toward_the_anchor(trained, prepared)
                               guidance=1.0))
     d_free, d_mid = (float(np.mean((v[:, 0] - target) ** 2)) for v in (free, mid))
     assert d_mid < d_free  # a finite guidance moves the rollouts toward the anchor
+    # the 'change' target: the anchor's predicted change added to the real pre latent
+    apre = jnp.asarray(prepared.anchor_post[:2]) * 0.8
+    pinned_c = np.asarray(rollouts(model, pre, f, key, k=2, steps=6, anchor_post=anchor,
+                                   anchor_pre=apre, guidance=1e7, guidance_target="change"))
+    target_c = np.asarray(ae.decode(ae.encode(jnp.asarray(pre)) + ae.encode(anchor)
+                                    - ae.encode(apre)))
+    np.testing.assert_allclose(pinned_c[:, 0], target_c, atol=2e-3 * np.abs(target_c).max())
+    with pytest.raises(ValueError, match="anchor_pre"):
+        rollouts(model, pre, f, key, k=1, steps=2, anchor_post=anchor, guidance=1.0,
+                 guidance_target="change")
+    with pytest.raises(ValueError, match="guidance target"):
+        rollouts(model, pre, f, key, k=1, steps=2, anchor_post=anchor, guidance=1.0,
+                 guidance_target="middle")
     guided = dataclasses.replace(model, diffusion_config=dataclasses.replace(
         model.diffusion_config, guidance_scale=1.0))
     with pytest.raises(ValueError, match="anchor_post"):
@@ -173,6 +186,52 @@ def test_anchor_guidance_is_a_proximal_step_toward_the_anchor(trained, prepared)
     with pytest.raises(ValueError, match="x0_anchor"):
         sample_latents(model.denoiser, jnp.zeros((1, model.diffusion_config.latent_dim)),
                        f[:1], jax.random.split(key, 1), steps=2, guidance=1.0)
+
+
+def test_guidance_spread_moves_the_mean_and_scales_the_spread(trained, prepared):
+    """One sampler step (t = 1 -> 0, gamma = g with q = 0) against the closed-form proximal
+    step: the group's mean goes to (m + g xa) / (1 + g), its deviations shrink by 1 / (1 + rho
+    g); rho = 1 is the per-rollout step. Over many steps with a huge g, rho = 0 pins the mean
+    to the anchor and keeps a spread, rho = 1 pins every rollout."""
+    from ecg_world.world.diffusion import sample_latents
+
+    _, model, _ = trained
+    d = model.diffusion_config.latent_dim
+    k, b = 4, 2
+    z_pre = jnp.repeat(jax.random.normal(jax.random.key(1), (b, d)), k, axis=0)
+    f = jnp.repeat(jnp.asarray(prepared.pairs.features[:b]), k, axis=0)
+    xa = jnp.repeat(jax.random.normal(jax.random.key(2), (b, d)), k, axis=0)
+    keys = jax.random.split(jax.random.key(3), b * k)
+
+    def draw(g, rho, steps=1, power=0.0):
+        return np.asarray(sample_latents(model.denoiser, z_pre, f, keys, steps=steps,
+                                         x0_anchor=xa, guidance=g, guidance_power=power,
+                                         guidance_spread=rho, group_size=k))
+
+    free = draw(0.0, 1.0).reshape(b, k, d)
+    m = free.mean(1, keepdims=True)
+    xa_g = np.asarray(xa).reshape(b, k, d)
+    g = 3.0
+    for rho in (0.0, 0.25, 1.0):
+        want = (m + g * xa_g) / (1 + g) + (free - m) / (1 + rho * g)
+        np.testing.assert_allclose(draw(g, rho).reshape(b, k, d), want, rtol=1e-4, atol=1e-5)
+    per_row = (free + g * xa_g) / (1 + g)
+    np.testing.assert_allclose(draw(g, 1.0).reshape(b, k, d), per_row, rtol=1e-4, atol=1e-5)
+    spread_free = free.std(1).mean()
+    mean_only = draw(1e6, 0.0, steps=8, power=1.0).reshape(b, k, d)
+    np.testing.assert_allclose(mean_only.mean(1), xa_g[:, 0], atol=1e-3)
+    assert mean_only.std(1).mean() > 0.3 * spread_free
+    pinned = draw(1e6, 1.0, steps=8, power=1.0).reshape(b, k, d)
+    assert pinned.std(1).mean() < 1e-3 * spread_free
+    with pytest.raises(ValueError, match="guidance_spread"):
+        draw(1.0, 1.5)
+    with pytest.raises(ValueError, match="group_size"):
+        sample_latents(model.denoiser, z_pre, f, keys, steps=1, x0_anchor=xa, guidance=1.0,
+                       group_size=3)
+    with pytest.raises(ValueError, match="guidance_spread"):
+        rollouts(model, prepared.pairs.pre[:1], prepared.pairs.features[:1], keys[0], k=2,
+                 steps=2, anchor_post=jnp.asarray(prepared.anchor_post[:1]), guidance=1.0,
+                 guidance_spread=float("nan"))
 
 
 def test_anchor_switch_both_paths_run(prepared, tmp_path):
@@ -280,6 +339,13 @@ def test_bad_inputs(trained, prepared, tmp_path):
         load_model(nowt)
     with pytest.raises(ModelFormatError, match="not found"):
         load_model(tmp_path / "nothing")
+    bad = tmp_path / "badtarget"  # a config the sampler cannot honour fails at load
+    shutil.copytree(out, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["diffusion"]["guidance_target"] = "middle"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFormatError, match="guidance_target"):
+        load_model(bad)
 
 
 _DEVICE_SCRIPT = r"""
@@ -399,6 +465,10 @@ def test_shipped_model_loads_samples_and_is_reproducible(data_dir):
         resolve_model("no-such-model")
     model = load_shipped("quick")
     assert model.diffusion_config.guidance_scale > 0
+    from ecg_world.world.train import PRESETS  # its sampling settings are the preset's
+
+    for f in ("guidance_scale", "guidance_power", "guidance_spread", "guidance_target"):
+        assert getattr(model.diffusion_config, f) == getattr(PRESETS["quick"], f), f
     pre, _ = read_input_strip(str(data_dir / "ludb" / "1"), model.spec)
     ae = model.autoencoder
     rec = np.asarray(ae.decode(ae.encode(jnp.asarray(pre)[None])))[0]
@@ -454,3 +524,55 @@ def test_ludb_tuning_strips_join_the_autoencoder_pool(data_dir, prepared, tmp_pa
     with pytest.raises(ValueError, match="real_strips"):
         train("unused.nc", tmp_path / "m2", cfg, prepared=prepared, verbose=False,
               real_strips=(strips[:, :1], {}))
+
+
+def test_pit_coverage_is_calibrated_at_any_k():
+    """A calibrated ensemble covers the central 90% in 90% of cells by the randomised PIT at
+    k = 4 and 16 (the empirical 5-95% band of 8 members would cover about 72%); a collapsed
+    ensemble covers less, an overdispersed one more; cells without members are not covered."""
+    from ecg_world.world.evaluate import pit_central_coverage
+
+    rng = np.random.default_rng(7)
+    y = rng.normal(size=20000)
+    for k in (4, 16):
+        cov = pit_central_coverage(rng.normal(size=(20000, k)), y).mean()
+        assert abs(cov - 0.9) < 0.01, (k, cov)
+    assert pit_central_coverage(0.2 * rng.normal(size=(20000, 8)), y).mean() < 0.7
+    assert pit_central_coverage(3.0 * rng.normal(size=(20000, 8)), y).mean() > 0.97
+    s = rng.normal(size=(3, 8))
+    s[1] = np.nan
+    yy = np.array([0.0, 0.0, np.nan])
+    assert pit_central_coverage(s, yy).tolist()[1:] == [False, False]
+    np.testing.assert_array_equal(pit_central_coverage(s, yy, seed=1),
+                                  pit_central_coverage(s, yy, seed=1))
+    with pytest.raises(ValueError, match="level"):
+        pit_central_coverage(s, yy, level=1.0)
+    with pytest.raises(ValueError, match="samples"):
+        pit_central_coverage(s[0], yy)
+
+
+def test_plausibility_passes_true_strips_cut_at_any_phase():
+    """McSharry strips (4.1 s at 250 Hz, 55-95 bpm) started at every phase of the beat, so
+    that a beat is cut at either edge, pass all four rules; an amplified copy fails the
+    amplitude rule against its input's own amplitude (per-strip reference), a flat line the
+    beat count, and a malformed reference is rejected."""
+    from ecg_world.cohort import _render_fn, lead_gains
+    from ecg_world.world.evaluate import plausibility
+    from leads_jax.physics.mcsharry import McSharryECG
+
+    fs, n = 250.0, 1024
+    base = McSharryECG.default()  # rendered as the cohort renders its leads II and V2
+    one = _render_fn(2 * n, fs, jnp.asarray(lead_gains(["II", "V2"])))
+    wave = jax.jit(jax.vmap(lambda hr: one(base.ti, base.ai, base.bi, hr)))
+    hrs = np.array([55.0, 70.0, 95.0], np.float32)
+    long = np.asarray(wave(hrs))  # (hr, lead, 2n)
+    strips = np.stack([long[i, :, s:s + n] for i in range(len(hrs)) for s in range(0, 260, 20)])
+    ref = np.ptp(strips, axis=-1)  # (n, lead)
+    rules = plausibility(strips, fs, ref)
+    assert rules["plausible"].all(), {k: np.flatnonzero(~v) for k, v in rules.items()}
+    big = plausibility(3.0 * strips[:4], fs, ref[:4])
+    assert not big["amplitude"].any() and big["order"].all()
+    flat = plausibility(np.zeros((1, 2, n)), fs, ref[0])
+    assert not flat["plausible"].any()
+    with pytest.raises(ValueError, match="amp_range"):
+        plausibility(strips[:4], fs, np.ones(3))

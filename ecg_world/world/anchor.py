@@ -54,7 +54,7 @@ from ..intervals import IntervalConfig, measure_intervals
 from ..pharmacology import PatientParams, Pharmacology, apply_action
 
 __all__ = ["AnchorConfig", "AnchorFit", "fit_anchor", "simulate_strip", "anchor_post_strips",
-           "anchor_from_strips"]
+           "anchor_pre_strips", "anchor_from_strips"]
 
 _R = 2
 
@@ -286,6 +286,22 @@ def anchor_post_strips(fit: AnchorFit, action: Action, pharm: Pharmacology, *,
     `action` is a batch of actions (one per fitted strip); `pharm` the pharmacology
     (explicit: a caller's ``jit`` never captures a global one)."""
     return _post(fit, action, pharm, int(n_samples), config)
+
+
+@eqx.filter_jit
+def _pre(fit: AnchorFit, n_samples: int, config: AnchorConfig):
+    def one(ti, ai, bi, rr, t_r, off, sl):
+        return simulate_strip(ti, ai, bi, rr, t_r, off, sl, n_samples=n_samples, config=config)
+
+    return jax.vmap(one)(fit.ti, fit.ai, fit.bi, fit.rr_s, fit.t_first_r, fit.offset, fit.slope)
+
+
+def anchor_pre_strips(fit: AnchorFit, *, n_samples: int,
+                      config: AnchorConfig = AnchorConfig()) -> Float[Array, "batch lead time"]:
+    """The fitted pre strips themselves (batch, lead, time) in mV: the kernel at the fitted
+    parameters, no action. ``anchor_post - anchor_pre`` is the change the ODE predicts, free of
+    the fit's residual (what the McSharry form cannot express of the real strip)."""
+    return _pre(fit, int(n_samples), config)
 
 
 def anchor_from_strips(pre, action: Action, pharm: Pharmacology,

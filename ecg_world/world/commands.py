@@ -29,6 +29,13 @@ def run_train(args) -> int:
             if not np.isfinite(v) or v < 0:
                 raise ValueError(f"--{arg.replace('_', '-')} must be finite and >= 0 (got {v})")
             cfg = dataclasses.replace(cfg, **{name: float(v)})
+    rho = getattr(args, "guidance_spread", None)
+    if rho is not None:
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"--guidance-spread must be in [0, 1] (got {rho})")
+        cfg = dataclasses.replace(cfg, guidance_spread=float(rho))
+    if getattr(args, "guidance_target", None) is not None:
+        cfg = dataclasses.replace(cfg, guidance_target=str(args.guidance_target))
     command = "ecg-world " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     prep, real = None, None
     if getattr(args, "ae_ludb", None) is not None:  # the strips need the cohort's strip spec

@@ -34,19 +34,38 @@ the training term shapes the mid-noise steps only; at the default 0.1 it changes
 little (the benchmark measured the same hallucination rate with and without it).
 
 **Anchor guidance at sampling** (the energy applied where the loss cannot): at every sampler step
-the clean-latent estimate is replaced by the minimiser of ``||x0 - x0_hat||^2 + gamma(t)
-||x0 - x0_anchor||^2``, an exact proximal step on the anchor energy,
+the ``k`` clean-latent estimates of one condition (its rollouts, mean ``m``, deviations ``d_i =
+x0_i - m``) are replaced by the minimiser of
 
 .. math::
 
-    \hat x_0 \leftarrow (\hat x_0 + \gamma(t)\, x_0^{anchor}) / (1 + \gamma(t)), \qquad
-    \gamma(t) = g\, \alpha_t^{2q},
+    \sum_i \|x_i - \hat x_{0,i}\|^2 + \gamma(t) \Big[\rho \sum_i \|x_i - x_0^{anchor}\|^2
+    + (1 - \rho)\, k\, \|\bar x - x_0^{anchor}\|^2\Big], \qquad \gamma(t) = g\, \alpha_t^{2q},
 
-and ``eps_hat`` is re-derived from ``x_t`` and the moved ``x0_hat``, so the DDIM/ancestral update
+an exact proximal step on the anchor energy. Its solution moves the mean and shrinks the
+deviations separately:
+
+.. math::
+
+    \bar x \leftarrow (\hat m + \gamma\, x_0^{anchor}) / (1 + \gamma), \qquad
+    d_i \leftarrow \hat d_i / (1 + \rho\gamma).
+
+``eps_hat`` is re-derived from ``x_t`` and the moved ``x0_hat``, so the DDIM/ancestral update
 stays consistent. ``gamma`` grows as the noise falls (stronger at low noise). ``g``
-(``guidance_scale``) and ``q`` (``guidance_power``) live in the config; ``g = 0`` (the
-``--no-anchor`` models) samples without it. The anchor latent comes from the McSharry anchor of
-the same pre strip and action (:func:`ecg_world.world.sample.anchor_latent_strips`).
+(``guidance_scale``), ``q`` (``guidance_power``) and ``rho`` (``guidance_spread``) live in the
+config; ``g = 0`` (the ``--no-anchor`` models) samples without it. ``rho = 1`` pulls every
+rollout to the anchor (``x0_i <- (x0_i + gamma x0_anchor) / (1 + gamma)``), which collapses the
+rollouts' spread onto the anchor's single point; ``rho = 0`` moves only their mean and keeps the
+spread the network learnt, treating the anchor as an estimate of the *expected* post ECG rather
+than of every imagined one. With ``rho < 1`` the rollouts of one condition are coupled through
+their mean (for ``k = 1`` the mean is the rollout and ``rho`` has no effect). The anchor latent
+comes from the McSharry anchor of the same pre strip and action
+(:func:`ecg_world.world.sample.anchor_strips`): by default (``guidance_target = "post"``)
+``x0_anchor = (E(anchor_post) - z_pre) / s``; with ``"change"``, ``x0_anchor =
+(E(anchor_post) - E(anchor_pre)) / s``, the ODE's predicted change between its own fitted pre
+and post strips, so that the fit's residual (what the McSharry form cannot express of the real
+strip) is not imported. ``benchmarks/world_model_guidance.py`` compares them on the validation
+patients.
 
 **Condition:** ``z_pre`` (standardised with the pre latents' mean and SD), the action's
 continuous pharmacology (:func:`ecg_world.world.data.action_features`: block per channel at
@@ -59,8 +78,8 @@ in every block (a shift, as the time embedding of DDPM's U-Net), a zero-initiali
 **Samplers:** DDIM (``eta = 0``, deterministic given the start noise; Song J, Meng C, Ermon S,
 Denoising diffusion implicit models, ICLR 2021) and ancestral (``eta = 1``, DDPM's posterior
 noise; Ho J, Jain A, Abbeel P, NeurIPS 2020) on a uniform grid of ``steps`` in ``t``; every
-rollout gets its own key (``jax.random.split``), so rollouts are reproducible for a seed and
-independent across rollouts.
+rollout gets its own key (``jax.random.split``), so rollouts are reproducible for a seed; they
+are independent across rollouts except through the mean of a guided group (``rho < 1``).
 """
 
 from __future__ import annotations
@@ -92,6 +111,15 @@ class DiffusionConfig:
     ema_decay: float = 0.995
     guidance_scale: float = 0.0
     guidance_power: float = 1.0
+    guidance_spread: float = 1.0
+    guidance_target: str = "post"
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.guidance_spread) <= 1.0:
+            raise ValueError(f"guidance_spread must be in [0, 1] (got {self.guidance_spread})")
+        if self.guidance_target not in ("post", "change"):
+            raise ValueError(f"guidance_target must be 'post' or 'change' (got "
+                             f"{self.guidance_target!r})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -178,12 +206,15 @@ def diffusion_loss(model: Denoiser, x0, z_pre, features, x0_anchor, key: PRNGKey
 def sample_latents(model: Denoiser, z_pre: Float[Array, "batch latent"],
                    features: Float[Array, "batch feat"], keys, *, steps: int,
                    eta: float = 0.0, x0_anchor: Float[Array, "batch latent"] | None = None,
-                   guidance: float = 0.0, guidance_power: float = 1.0
+                   guidance: float = 0.0, guidance_power: float = 1.0,
+                   guidance_spread: float = 1.0, group_size: int = 1
                    ) -> Float[Array, "batch latent"]:
     """Draw one standardised change ``x0`` per row (one key per row): DDIM for ``eta = 0``,
     ancestral for ``eta = 1`` (``steps`` uniform steps in ``t`` from 1 to 0). With
     ``guidance > 0`` every step applies the anchor's proximal step toward `x0_anchor` (module
-    docstring), which is then required."""
+    docstring), which is then required. The rows come in consecutive groups of `group_size`
+    rollouts of one condition (the batch a multiple of it); `guidance_spread` (``rho`` in [0,
+    1]) sets how much the step shrinks a group's spread around its mean."""
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1 (got {steps})")
     guidance = float(guidance)
@@ -191,6 +222,13 @@ def sample_latents(model: Denoiser, z_pre: Float[Array, "batch latent"],
         raise ValueError(f"guidance must be >= 0 (got {guidance})")
     if guidance > 0.0 and x0_anchor is None:
         raise ValueError("guidance > 0 needs x0_anchor (the anchor's standardised change)")
+    rho = float(guidance_spread)
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"guidance_spread must be in [0, 1] (got {guidance_spread})")
+    group = int(group_size)
+    if group < 1 or z_pre.shape[0] % group:
+        raise ValueError(f"group_size must be >= 1 and divide the batch ({z_pre.shape[0]}); "
+                         f"got {group_size}")
     ts = jnp.linspace(1.0, 0.0, int(steps) + 1)
     k0 = jax.vmap(lambda k: jax.random.split(k, 2))(keys)
     x = jax.vmap(lambda k: jax.random.normal(k, (z_pre.shape[-1],)))(k0[:, 0])
@@ -207,7 +245,14 @@ def sample_latents(model: Denoiser, z_pre: Float[Array, "batch latent"],
         eps = s_t * x + a_t * v_hat
         if guidance > 0.0:
             g = guidance * a_t ** (2.0 * guidance_power)
-            x0 = (x0 + g * x0_anchor) / (1.0 + g)
+            if group == 1 or rho == 1.0:
+                x0 = (x0 + g * x0_anchor) / (1.0 + g)
+            else:
+                xg = x0.reshape((-1, group) + x0.shape[1:])
+                m = jnp.mean(xg, axis=1, keepdims=True)
+                xa = jnp.mean(x0_anchor.reshape(xg.shape), axis=1, keepdims=True)
+                xg = (m + g * xa) / (1.0 + g) + (xg - m) / (1.0 + rho * g)
+                x0 = xg.reshape(x0.shape)
             eps = (x - a_t * x0) / s_t
         # DDIM's sigma_eta (Song et al. 2021, eq. 16) in terms of alpha, sigma
         ratio = (a_t ** 2) / (a_s ** 2)

@@ -10,12 +10,17 @@ lead II; with neurokit2's multi-lead table the true strips themselves failed the
 
 1. ``beats``: the number of detected QRS complexes is consistent with the heart rate
    (within +-1 of ``(duration - first R) / RR + 1``) and there are at least 2;
-2. ``order``: every detected beat has its P onset (where a P wave is found), QRS onset, QRS
-   offset and T end in that order;
+2. ``order``: every *complete* beat has its P onset (where a P wave is found), QRS onset, QRS
+   offset and T end in that order, with QRS onset and offset found. A beat is complete when its
+   R peak lies at least 0.1 s after the strip's start and at least 0.6 median RR before its
+   end (room for the QRS, and for a T wave up to a QT of 0.6 RR); a beat cut by the strip's
+   edge cannot be delineated and is not judged (it failed this rule on 7% of the cohort's true
+   strips, all at the last beat, before this condition);
 3. ``ranges``: median-beat RR, PR, QRS, QT and QTcF inside
    :data:`ecg_world.batch.PLAUSIBLE_RANGES`;
-4. ``amplitude``: every lead's peak-to-peak amplitude inside [0.5, 1.5] x the training strips'
-   range of that lead.
+4. ``amplitude``: every lead's peak-to-peak amplitude inside [0.5, 1.5] x a reference
+   amplitude of that lead: the training strips' median (synthetic inputs), or the input strip's
+   own (a real record, whose amplitude the training cohort does not set).
 
 A strip that fails any rule is a hallucination.
 """
@@ -28,7 +33,8 @@ import numpy as np
 from ..batch import PLAUSIBLE_RANGES
 from ..intervals import IntervalConfig, measure_intervals
 
-__all__ = ["strip_intervals", "plausibility", "wilson_interval", "crps_ensemble"]
+__all__ = ["strip_intervals", "plausibility", "wilson_interval", "crps_ensemble",
+           "pit_central_coverage"]
 
 
 def _measure(strips, fs):
@@ -57,7 +63,9 @@ def strip_intervals(strips, fs: float) -> dict[str, np.ndarray]:
 
 def plausibility(strips, fs: float, amp_range: np.ndarray) -> dict[str, np.ndarray]:
     """The four rules of the module docstring per strip ``(..., lead, time)``; `amp_range`
-    (lead,) the training strips' median peak-to-peak amplitude per lead."""
+    the reference peak-to-peak amplitude per lead: ``(lead,)`` for all strips (the training
+    strips' median), or one row per strip, ``(..., lead)`` matching the strips' leading dims
+    (e.g. each rollout's input strip)."""
     import warnings
 
     res, shape = _measure(strips, fs)
@@ -76,7 +84,9 @@ def plausibility(strips, fs: float, amp_range: np.ndarray) -> dict[str, np.ndarr
         po, qon, qoff, te = (cat(lambda r, k=k: getattr(r, k)) for k in
                              ("p_onset", "qrs_onset", "qrs_offset", "t_end"))
         okb = ((np.isnan(po) | (po < qon)) & (qon < qoff) & (np.isnan(te) | (qoff < te)))
-        order = np.all(okb | ~mask, axis=(-1, -2))
+        rp = cat(lambda r: r.r_peak)
+        complete = mask & (rp >= 0.1) & (rp + 0.6 * rr[:, None, None] / 1000.0 <= dur)
+        order = np.all(okb | ~complete, axis=(-1, -2))
         ranges = np.ones(len(mask), bool)
         for k, name in (("rr", "rr"), ("pr", "pr"), ("qrs", "qrs"), ("qt", "qt"),
                         ("qtc_fridericia", "qtcf")):
@@ -85,7 +95,16 @@ def plausibility(strips, fs: float, amp_range: np.ndarray) -> dict[str, np.ndarr
             ranges &= (v >= lo) & (v <= hi)
     flat = x.reshape((-1,) + x.shape[-2:])
     p2p = flat.max(-1) - flat.min(-1)
-    amplitude = np.all((p2p >= 0.5 * amp_range) & (p2p <= 1.5 * amp_range), axis=-1)
+    ref = np.asarray(amp_range, float)
+    if ref.shape == (x.shape[-2],):
+        ref = np.broadcast_to(ref, p2p.shape)
+    else:
+        try:
+            ref = np.broadcast_to(ref, x.shape[:-1]).reshape(p2p.shape)
+        except ValueError:
+            raise ValueError(f"amp_range must be (lead,) = ({x.shape[-2]},) or broadcast to the "
+                             f"strips' {x.shape[:-1]}; got {ref.shape}") from None
+    amplitude = np.all((p2p >= 0.5 * ref) & (p2p <= 1.5 * ref), axis=-1)
     rules = {"beats": beats, "order": order, "ranges": ranges, "amplitude": amplitude}
     rules = {k: v.reshape(shape) for k, v in rules.items()}
     rules["plausible"] = rules["beats"] & rules["order"] & rules["ranges"] & rules["amplitude"]
@@ -113,3 +132,30 @@ def crps_ensemble(samples: np.ndarray, y: np.ndarray) -> np.ndarray:
         if v.size and np.isfinite(y[i]):
             out[i] = np.mean(np.abs(v - y[i])) - 0.5 * np.mean(np.abs(v[:, None] - v[None]))
     return out
+
+
+def pit_central_coverage(samples: np.ndarray, y: np.ndarray, level: float = 0.9, *,
+                         seed: int = 0) -> np.ndarray:
+    """Whether ``y`` (n,) falls in the central `level` of an ensemble ``(n, k)`` by the
+    randomised probability integral transform: ``PIT = (#{x < y} + U (#{x = y} + 1)) / (m +
+    1)`` with ``m`` the finite members and ``U ~ Uniform(0, 1)`` (seeded), covered when ``PIT``
+    lies in ``[(1 - level) / 2, (1 + level) / 2]``. For a calibrated ensemble its mean is
+    `level` at any ``k`` (the rank of the truth among ``k`` exchangeable draws is uniform on
+    ``0..k``; Hamill TM, Mon Wea Rev 2001;129:550-560), whereas the empirical 5-95% band of
+    ``k`` members covers less (about 72% at ``k = 8``, 81% at 16). Cells without finite members
+    or truth are not covered."""
+    s = np.asarray(samples, float)
+    y = np.asarray(y, float)
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must be in (0, 1) (got {level})")
+    if s.ndim != 2 or y.shape != (s.shape[0],):
+        raise ValueError(f"samples must be (n, k) and y (n,); got {s.shape} and {y.shape}")
+    u = np.random.default_rng(seed).uniform(size=s.shape[0])
+    fin = np.isfinite(s)
+    m = fin.sum(1)
+    with np.errstate(invalid="ignore"):
+        below = np.sum(fin & (s < y[:, None]), axis=1)
+        tie = np.sum(fin & (s == y[:, None]), axis=1)
+    pit = (below + u * (tie + 1)) / (m + 1)
+    lo, hi = (1.0 - level) / 2.0, (1.0 + level) / 2.0
+    return (m > 0) & np.isfinite(y) & (pit >= lo) & (pit <= hi)

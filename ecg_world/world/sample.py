@@ -30,24 +30,27 @@ from .data import action_features, strips_from_record
 from .diffusion import sample_latents
 from .model import WorldModel
 
-__all__ = ["rollouts", "anchor_strips", "simulate", "read_input_strip", "SAMPLERS"]
+__all__ = ["rollouts", "anchor_strips", "simulate", "read_input_strip", "SAMPLERS",
+           "GUIDANCE_TARGETS"]
 
 #: sampler name -> DDIM eta
 SAMPLERS = {"ddim": 0.0, "ancestral": 1.0}
+#: what the anchor guidance pulls toward (see :func:`rollouts`)
+GUIDANCE_TARGETS = ("post", "change")
 
 _CACHE: dict = {}
 
 
 def _compiled(model: WorldModel, k: int, steps: int, eta: float, shared: bool,
-              guidance: float, guidance_power: float):
+              guidance: float, guidance_power: float, guidance_spread: float):
     key = (id(model.autoencoder), id(model.denoiser), k, steps, eta, shared, guidance,
-           guidance_power)
+           guidance_power, guidance_spread)
     if key in _CACHE:
         return _CACHE[key]
     gd, state = nnx.split((model.autoencoder, model.denoiser))
 
     @jax.jit
-    def run(state, pre, feats, anchor_post, key, pre_mean, pre_std, delta_std):
+    def run(state, pre, feats, anchor_post, anchor_base, key, pre_mean, pre_std, delta_std):
         ae, den = nnx.merge(gd, state)
         b = pre.shape[0]
         z_pre = ae.encode(pre)
@@ -56,13 +59,15 @@ def _compiled(model: WorldModel, k: int, steps: int, eta: float, shared: bool,
         f_k = jnp.repeat(feats, k, axis=0)
         xa_k = None
         if guidance > 0.0:
-            xa_k = jnp.repeat((ae.encode(anchor_post) - z_pre) / delta_std, k, axis=0)
+            xa_k = jnp.repeat((ae.encode(anchor_post) - ae.encode(anchor_base)) / delta_std, k,
+                              axis=0)
         if shared:  # the same k noise streams for every row (a coherent time course)
             keys = jnp.concatenate([jax.random.split(key, k)] * b)
         else:
             keys = jax.random.split(key, b * k)
         x0 = sample_latents(den, zp_k, f_k, keys, steps=steps, eta=eta, x0_anchor=xa_k,
-                            guidance=guidance, guidance_power=guidance_power)
+                            guidance=guidance, guidance_power=guidance_power,
+                            guidance_spread=guidance_spread, group_size=k)
         z = jnp.repeat(z_pre, k, axis=0) + x0 * delta_std
         y = ae.decode(z)
         return y.reshape((b, k) + y.shape[1:])
@@ -85,13 +90,22 @@ def _strips(x, model: WorldModel, what: str):
 
 def rollouts(model: WorldModel, pre, features, key, *, k: int, steps: int = 50,
              sampler: str = "ddim", shared_noise_across_rows: bool = False,
-             anchor_post=None, guidance: float | None = None):
+             anchor_post=None, guidance: float | None = None,
+             guidance_spread: float | None = None, anchor_pre=None,
+             guidance_target: str | None = None):
     """``(batch, k, lead, time)`` rollouts (mV) for pre strips ``(batch, lead, time)`` and
     action features ``(batch, F)`` (:func:`ecg_world.world.data.action_features`).
 
     `guidance` (default: the model's ``guidance_scale``) > 0 samples with the anchor's
     proximal step (:mod:`ecg_world.world.diffusion`) and then needs `anchor_post`, the
-    McSharry anchor's post strips of the same rows (:func:`anchor_strips`)."""
+    McSharry anchor's post strips of the same rows (:func:`anchor_strips`). The guidance's
+    target (`guidance_target`, default: the model's) is ``"post"``, the anchor's post latent
+    (``x0_anchor = (E(anchor_post) - E(pre)) / s``), or ``"change"``, the anchor's predicted
+    change added to the real pre latent (``x0_anchor = (E(anchor_post) - E(anchor_pre)) /
+    s``), which then needs `anchor_pre`, the fit's own pre strips (:func:`anchor_strips`).
+    `guidance_spread` (default: the model's; ``rho`` in [0, 1]) is how much the guidance
+    shrinks the spread of a row's ``k`` rollouts around their mean (0: it moves only the mean;
+    1: it pulls every rollout to the anchor)."""
     if int(k) < 1:
         raise ValueError(f"k (rollouts per patient) must be >= 1 (got {k})")
     if sampler not in SAMPLERS:
@@ -102,7 +116,14 @@ def rollouts(model: WorldModel, pre, features, key, *, k: int, steps: int = 50,
     g = float(dfc.guidance_scale if guidance is None else guidance)
     if not (np.isfinite(g) and g >= 0.0):
         raise ValueError(f"guidance must be finite and >= 0 (got {g})")
+    rho = float(dfc.guidance_spread if guidance_spread is None else guidance_spread)
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"guidance_spread must be in [0, 1] (got {rho})")
+    target = str(dfc.guidance_target if guidance_target is None else guidance_target)
+    if target not in GUIDANCE_TARGETS:
+        raise ValueError(f"unknown guidance target {target!r}; valid: {list(GUIDANCE_TARGETS)}")
     pre = _strips(pre, model, "pre strips")
+    anchor_base = pre
     if g > 0.0:
         if anchor_post is None:
             raise ValueError(f"this model samples with anchor guidance {g:g}: pass anchor_post "
@@ -110,11 +131,19 @@ def rollouts(model: WorldModel, pre, features, key, *, k: int, steps: int = 50,
         anchor_post = _strips(anchor_post, model, "anchor_post strips")
         if anchor_post.shape[0] != pre.shape[0]:
             raise ValueError(f"anchor_post has {anchor_post.shape[0]} rows, pre {pre.shape[0]}")
+        if target == "change":
+            if anchor_pre is None:
+                raise ValueError("guidance target 'change' needs anchor_pre, the anchor fit's "
+                                 "pre strips (ecg_world.world.sample.anchor_strips)")
+            anchor_base = _strips(anchor_pre, model, "anchor_pre strips")
+            if anchor_base.shape[0] != pre.shape[0]:
+                raise ValueError(f"anchor_pre has {anchor_base.shape[0]} rows, pre "
+                                 f"{pre.shape[0]}")
     else:
         anchor_post = pre  # unused
     run, state = _compiled(model, int(k), int(steps), SAMPLERS[sampler],
-                           bool(shared_noise_across_rows), g, float(dfc.guidance_power))
-    return run(state, pre, jnp.asarray(features, jnp.float32), anchor_post, key,
+                           bool(shared_noise_across_rows), g, float(dfc.guidance_power), rho)
+    return run(state, pre, jnp.asarray(features, jnp.float32), anchor_post, anchor_base, key,
                model.pre_mean, model.pre_std, model.delta_std)
 
 
@@ -123,8 +152,10 @@ def anchor_strips(model: WorldModel, pre, actions: Action, pharm, *,
     """The McSharry anchor's post strips ``(n, lead, time)`` for ONE pre strip ``(lead,
     time)`` under ``n`` actions: one batched, jitted fit of the strip
     (:func:`ecg_world.world.anchor.fit_anchor`, the model's training ``anchor_steps`` unless
-    `n_steps`), then the pharmacology per action. Returns ``(strips, fit)``."""
-    from .anchor import AnchorConfig, anchor_post_strips, fit_anchor
+    `n_steps`), then the pharmacology per action. Returns ``(post, fit, fit_pre)``: the post
+    strips, the fit, and the fitted pre strip repeated per action (``(n, lead, time)``, the
+    ``anchor_pre`` of :func:`rollouts`)."""
+    from .anchor import AnchorConfig, anchor_post_strips, anchor_pre_strips, fit_anchor
 
     steps = int(n_steps or model.meta.get("training", {}).get("anchor_steps", 600))
     acfg = AnchorConfig(sampling_rate=model.spec.sampling_rate, n_steps=steps)
@@ -133,7 +164,8 @@ def anchor_strips(model: WorldModel, pre, actions: Action, pharm, *,
     fit_n = jax.tree_util.tree_map(lambda v: jnp.repeat(v, n, axis=0), fit)
     post, _ = anchor_post_strips(fit_n, actions, pharm, n_samples=model.spec.n_samples,
                                  config=acfg)
-    return post, fit
+    fit_pre = anchor_pre_strips(fit, n_samples=model.spec.n_samples, config=acfg)
+    return post, fit, jnp.repeat(fit_pre, n, axis=0)
 
 
 def read_input_strip(record: str, spec, *, start_s: float = 0.0):
@@ -180,12 +212,13 @@ def simulate(model: WorldModel, pre: np.ndarray, actions: Action, pharm, *, k: i
     feats = action_features(pharm, actions)
     pre_b = jnp.broadcast_to(jnp.asarray(pre, jnp.float32)[None], (n,) + np.shape(pre))
     g = float(model.diffusion_config.guidance_scale)
-    anchor, fit_r = None, float("nan")
+    anchor, anchor_pre, fit_r = None, None, float("nan")
     if g > 0.0:
-        anchor, fit = anchor_strips(model, pre, actions, pharm)
+        anchor, fit, anchor_pre = anchor_strips(model, pre, actions, pharm)
         fit_r = float(np.asarray(fit.corr)[0])
     y = np.asarray(rollouts(model, pre_b, feats.reshape(n, -1), jax.random.key(seed), k=k,
-                            steps=steps, sampler=sampler, anchor_post=anchor))
+                            steps=steps, sampler=sampler, anchor_post=anchor,
+                            anchor_pre=anchor_pre))
     spec = model.spec
     t = np.arange(spec.n_samples) / spec.sampling_rate
     names = pharm.library.names
@@ -205,7 +238,10 @@ def simulate(model: WorldModel, pre: np.ndarray, actions: Action, pharm, *, k: i
                    np.ravel(np.asarray(actions.dose_mg)).tolist()),
                "seed": int(seed), "sampler": sampler, "steps": int(steps),
                "time_course": "rollouts at different times are drawn independently",
-               "anchor_guidance": g, "anchor_fit_r": fit_r,
+               "anchor_guidance": g, "anchor_guidance_spread": float(
+                   model.diffusion_config.guidance_spread),
+               "anchor_guidance_target": str(model.diffusion_config.guidance_target),
+               "anchor_fit_r": fit_r,
                "training_command": str(model.meta.get("command"))})
     return ds
 
