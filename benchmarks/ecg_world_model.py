@@ -23,11 +23,12 @@ Usage (the committed table; the first two commands are what
     ecg-world train --data C.nc --out M --preset quick --seed 0 --ae-ludb ../shared/data/ludb
     ecg-world train --data C.nc --out M0 --preset quick --no-anchor --seed 0 \
         --ae-ludb ../shared/data/ludb
-    python benchmarks/ecg_world_model.py --data C.nc --model M --model-no-anchor M0 -k 8
+    python benchmarks/ecg_world_model.py --data C.nc --model M --model-no-anchor M0 -k 16
 
 The LUDB strips the autoencoder may see are the tuning split's; the LUDB rows here are the
-reporting split's. Add ``--split val`` to score the validation patients instead (what the
-preset's anchor guidance was chosen on).
+reporting split's. The preset's anchor guidance (its sampling-time settings) was chosen on the
+validation patients by ``benchmarks/world_model_guidance.py``; ``--split val`` scores those
+patients here instead.
 """
 
 from __future__ import annotations
