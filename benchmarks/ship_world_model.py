@@ -129,6 +129,7 @@ SAMPLING_FIELDS = ("guidance_scale", "guidance_power", "guidance_spread", "guida
 def update_sampling(name: str) -> int:
     """Rewrite the shipped model's sampling-time settings from the preset (module docstring)."""
     from ecg_world.calibration import _git_commit
+    from ecg_world.world.diffusion import GUIDANCE_RULE
     from ecg_world.world.model import load_model, replace_dir
     from ecg_world.world.train import PRESETS
 
@@ -140,9 +141,7 @@ def update_sampling(name: str) -> int:
         cfg["diffusion"][f] = v
         cfg["training"][f] = v
         cfg["anchor"][f] = v
-    cfg["anchor"]["guidance"] = ("at sampling, per condition: mean <- (mean + gamma x0_anchor) "
-                                 "/ (1 + gamma), deviations <- deviations / (1 + rho gamma), "
-                                 "gamma = g alpha_t^(2 q)")
+    cfg["anchor"]["guidance"] = GUIDANCE_RULE
     cfg["reproduce"]["sampling"] = {
         "fields": {f: getattr(preset, f) for f in SAMPLING_FIELDS},
         "chosen_by": "python benchmarks/world_model_guidance.py --data cohort.nc --model "

@@ -26,6 +26,7 @@ with ``C.nc`` from ``ecg-world synth --n-patients 96 --seed 1 --duration 4.2``. 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import pathlib
 import sys
@@ -38,6 +39,7 @@ import xarray as xr
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from ecg_world_model import beat_scores  # noqa: E402
 
+from ecg_world.world.diffusion import GUIDANCE_TARGETS  # noqa: E402
 from ecg_world.world.evaluate import (  # noqa: E402
     crps_ensemble,
     pit_central_coverage,
@@ -81,8 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--g", type=float, nargs="+", default=[2.0, 8.0])
     ap.add_argument("--q", type=float, nargs="+", default=[4.0])
     ap.add_argument("--rho", type=float, nargs="+", default=[0.0, 0.1, 0.15, 0.2, 0.3, 1.0])
-    ap.add_argument("--target", nargs="+", default=["post", "change"],
-                    choices=["post", "change"])
+    ap.add_argument("--target", nargs="+", default=list(GUIDANCE_TARGETS),
+                    choices=GUIDANCE_TARGETS)
     ap.add_argument("--seed", type=int, default=2026, help="sampling seed")
     ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -112,8 +114,6 @@ def main(argv=None) -> int:
     for target, g, q, rho in points:
         m = model
         if g > 0:
-            import dataclasses
-
             m = dataclasses.replace(model, diffusion_config=dataclasses.replace(
                 model.diffusion_config, guidance_power=float(q)))
         t0 = time.perf_counter()

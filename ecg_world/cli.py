@@ -113,6 +113,8 @@ def _add_world(sub):
                    help="rho in [0, 1]: how much the guidance shrinks the rollouts' spread "
                         "around their mean (0: moves only the mean; 1: pulls every rollout to "
                         "the anchor; preset's default)")
+    # the choices are ecg_world.world.diffusion.GUIDANCE_TARGETS, written out so that the
+    # CLI starts without importing flax
     p.add_argument("--guidance-target", choices=["post", "change"], default=None,
                    help="what the guidance pulls toward: the anchor's post latent, or its "
                         "predicted change (fitted post - fitted pre) added to the real pre "

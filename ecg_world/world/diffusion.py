@@ -92,9 +92,14 @@ from flax import nnx
 from jaxtyping import Array, Float, PRNGKeyArray
 
 __all__ = ["DiffusionConfig", "Denoiser", "alpha_sigma", "anchor_weight", "diffusion_loss",
-           "sample_latents"]
+           "sample_latents", "GUIDANCE_TARGETS", "GUIDANCE_RULE"]
 
 T_MIN, T_MAX = 1e-3, 1.0 - 1e-3
+#: what the anchor guidance pulls toward (:func:`ecg_world.world.sample.rollouts`)
+GUIDANCE_TARGETS = ("post", "change")
+#: the guidance step in one line, as model configs record it
+GUIDANCE_RULE = ("at sampling, per condition: mean <- (mean + gamma x0_anchor) / (1 + gamma), "
+                 "deviations <- deviations / (1 + rho gamma), gamma = g alpha_t^(2 q)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +122,8 @@ class DiffusionConfig:
     def __post_init__(self):
         if not 0.0 <= float(self.guidance_spread) <= 1.0:
             raise ValueError(f"guidance_spread must be in [0, 1] (got {self.guidance_spread})")
-        if self.guidance_target not in ("post", "change"):
-            raise ValueError(f"guidance_target must be 'post' or 'change' (got "
+        if self.guidance_target not in GUIDANCE_TARGETS:
+            raise ValueError(f"guidance_target must be one of {GUIDANCE_TARGETS} (got "
                              f"{self.guidance_target!r})")
 
     def to_dict(self) -> dict:

@@ -27,7 +27,7 @@ from flax import nnx
 from .. import __version__ as ECG_WORLD_VERSION
 from ..actions import Action
 from .data import action_features, strips_from_record
-from .diffusion import sample_latents
+from .diffusion import GUIDANCE_TARGETS, sample_latents
 from .model import WorldModel
 
 __all__ = ["rollouts", "anchor_strips", "simulate", "read_input_strip", "SAMPLERS",
@@ -35,16 +35,14 @@ __all__ = ["rollouts", "anchor_strips", "simulate", "read_input_strip", "SAMPLER
 
 #: sampler name -> DDIM eta
 SAMPLERS = {"ddim": 0.0, "ancestral": 1.0}
-#: what the anchor guidance pulls toward (see :func:`rollouts`)
-GUIDANCE_TARGETS = ("post", "change")
 
 _CACHE: dict = {}
 
 
 def _compiled(model: WorldModel, k: int, steps: int, eta: float, shared: bool,
-              guidance: float, guidance_power: float, guidance_spread: float):
+              guidance: float, guidance_power: float, guidance_spread: float, change: bool):
     key = (id(model.autoencoder), id(model.denoiser), k, steps, eta, shared, guidance,
-           guidance_power, guidance_spread)
+           guidance_power, guidance_spread, change)
     if key in _CACHE:
         return _CACHE[key]
     gd, state = nnx.split((model.autoencoder, model.denoiser))
@@ -59,8 +57,8 @@ def _compiled(model: WorldModel, k: int, steps: int, eta: float, shared: bool,
         f_k = jnp.repeat(feats, k, axis=0)
         xa_k = None
         if guidance > 0.0:
-            xa_k = jnp.repeat((ae.encode(anchor_post) - ae.encode(anchor_base)) / delta_std, k,
-                              axis=0)
+            base = ae.encode(anchor_base) if change else z_pre  # "post": anchor_base is pre
+            xa_k = jnp.repeat((ae.encode(anchor_post) - base) / delta_std, k, axis=0)
         if shared:  # the same k noise streams for every row (a coherent time course)
             keys = jnp.concatenate([jax.random.split(key, k)] * b)
         else:
@@ -142,7 +140,8 @@ def rollouts(model: WorldModel, pre, features, key, *, k: int, steps: int = 50,
     else:
         anchor_post = pre  # unused
     run, state = _compiled(model, int(k), int(steps), SAMPLERS[sampler],
-                           bool(shared_noise_across_rows), g, float(dfc.guidance_power), rho)
+                           bool(shared_noise_across_rows), g, float(dfc.guidance_power), rho,
+                           g > 0.0 and target == "change")
     return run(state, pre, jnp.asarray(features, jnp.float32), anchor_post, anchor_base, key,
                model.pre_mean, model.pre_std, model.delta_std)
 

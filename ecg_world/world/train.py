@@ -53,7 +53,7 @@ from .. import __version__ as ECG_WORLD_VERSION
 from .anchor import AnchorConfig, anchor_from_strips
 from .autoencoder import AEConfig, reconstruction_loss
 from .data import PairSet, StripSpec, pairs_from_batch, strips_from_record
-from .diffusion import DiffusionConfig, diffusion_loss
+from .diffusion import GUIDANCE_RULE, DiffusionConfig, diffusion_loss
 from .model import WorldModel, fill_pure, replace_dir, save_model
 
 __all__ = ["TrainConfig", "PRESETS", "train", "prepare_data", "Prepared", "ludb_tuning_strips"]
@@ -480,9 +480,7 @@ def train(data: str | pathlib.Path, out: str | pathlib.Path, config: TrainConfig
                              "guidance_power": dfc.guidance_power,
                              "guidance_spread": dfc.guidance_spread,
                              "guidance_target": dfc.guidance_target,
-                             "guidance": "at sampling, per condition: mean <- (mean + gamma "
-                                         "x0_anchor) / (1 + gamma), deviations <- deviations / "
-                                         "(1 + rho gamma), gamma = g alpha_t^(2 q)"},
+                             "guidance": GUIDANCE_RULE},
                   "devices": n_dev,
                   "ae_real_strips": real_meta,
                   "final_losses": {"ae": history["ae_loss"][-1] if history["ae_loss"] else None,
