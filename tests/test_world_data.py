@@ -48,6 +48,14 @@ def test_pairs_follow_the_cohort(batch, pharm):
     dof = f[[n == "dofetilide" for n in names]]
     pla = f[[n == "placebo" for n in names]]
     assert np.all(dof[:, 0] > 0.05) and np.all(pla[:, 0] == 0)
+    # a second realization redraws only the post strips' beat-to-beat variation
+    two = pairs_from_batch(batch, pharm, seed=0, post_realization=1)
+    np.testing.assert_array_equal(np.asarray(two.pre), pre)
+    np.testing.assert_array_equal(np.asarray(two.truth_qtcf), np.asarray(pairs.truth_qtcf))
+    d2 = np.abs(np.asarray(two.post) - np.asarray(pairs.post)).mean(axis=(1, 2))
+    assert np.all(d2 > 1e-3), d2
+    with pytest.raises(ValueError, match="post_realization"):
+        pairs_from_batch(batch, pharm, seed=0, post_realization=-1)
 
 
 def test_bad_cohort_inputs(batch, pharm):

@@ -551,6 +551,34 @@ def test_pit_coverage_is_calibrated_at_any_k():
         pit_central_coverage(s[0], yy)
 
 
+def test_median_beat_scores_separate_shape_from_rate():
+    """Over one cycle the median beat of a McSharry strip matches itself (r = 1) and nearly
+    matches the same beat at 8% faster rate; over the 1.7-s window, which holds the next beat
+    too, the faster strip scores clearly lower. The heart-rate error is signed; a flat line
+    has no median beat (NaN); malformed input is rejected."""
+    from ecg_world.cohort import _render_fn, lead_gains
+    from ecg_world.world.evaluate import median_beat_scores
+    from leads_jax.physics.mcsharry import McSharryECG
+
+    fs, n = 250.0, 1024
+    base = McSharryECG.default()
+    one = _render_fn(n, fs, jnp.asarray(lead_gains(["II", "V2"])))
+    wave = jax.jit(jax.vmap(lambda hr: one(base.ti, base.ai, base.bi, hr)))
+    x = np.asarray(wave(jnp.asarray([65.0, 70.2], jnp.float32)))
+    truth = np.stack([x[0], x[0], x[0]])
+    pred = np.stack([x[0], x[1], np.zeros_like(x[0])])
+    s = median_beat_scores(pred, truth, fs)
+    assert s["r_cycle"][0] > 0.9999 and s["r_window"][0] > 0.9999
+    assert abs(s["hr_error_bpm"][0]) < 0.5
+    assert s["r_cycle"][1] > 0.95 and s["r_window"][1] < s["r_cycle"][1] - 0.05, s
+    assert 3.0 < s["hr_error_bpm"][1] < 7.0
+    assert np.isnan(s["r_cycle"][2]) and np.isnan(s["r_window"][2])
+    with pytest.raises(ValueError, match="both be"):
+        median_beat_scores(pred[:, 0], truth[:, 0], fs)
+    with pytest.raises(ValueError, match="lead index"):
+        median_beat_scores(pred, truth, fs, lead=2)
+
+
 def test_plausibility_passes_true_strips_cut_at_any_phase():
     """McSharry strips (4.1 s at 250 Hz, 55-95 bpm) started at every phase of the beat, so
     that a beat is cut at either edge, pass all four rules; an amplified copy fails the

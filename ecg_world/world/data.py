@@ -228,13 +228,20 @@ def _t_sign(signals: np.ndarray, first_r_s: float, rr_ms: np.ndarray, fs: float)
 
 
 def pairs_from_batch(batch, pharm: Pharmacology, spec: StripSpec | None = None, *,
-                     seed: int = 0, perturb: bool = True) -> PairSet:
+                     seed: int = 0, perturb: bool = True,
+                     post_realization: int = 0) -> PairSet:
     """All (pre, action, post) pairs of an :class:`ecg_world.batch.ECGBatch`.
 
     `pharm` must be the pharmacology of the batch's drug library (its actions' ids index
     it). `spec` defaults to 1024 samples at the batch's rate with :func:`choose_leads`.
     `perturb` adds :func:`perturb_truth` (seeded by `seed`, the patient and the cell).
+    `post_realization` > 0 redraws the post strips' strip-by-strip variation (beat amplitude,
+    respiration, RR jitter) from another stream, keeping the patient's draws (U wave), the
+    pre strips and the recording noise: a second realization of the same truth, the reference
+    for what a perfect model could match (:mod:`benchmarks.ecg_world_model`).
     """
+    if int(post_realization) < 0:
+        raise ValueError(f"post_realization must be >= 0 (got {post_realization})")
     fs = float(batch.sampling_rate_hz)
     if spec is None:
         spec = StripSpec(sampling_rate=fs, leads=choose_leads(batch.lead_names))
@@ -267,6 +274,7 @@ def pairs_from_batch(batch, pharm: Pharmacology, spec: StripSpec | None = None, 
         pre_p = np.empty_like(pre)
         post_p = np.empty_like(post)
         pre_done: dict[int, np.ndarray] = {}
+        redraw = (int(post_realization),) if post_realization else ()  # 0: the default stream
         for j in range(pre.shape[0]):
             p = int(patient[j])
             if p not in pre_done:
@@ -280,7 +288,8 @@ def pairs_from_batch(batch, pharm: Pharmacology, spec: StripSpec | None = None, 
                 post_p[j] = perturb_truth(
                     post[j], sampling_rate=fs, first_r_s=first_r, rr_ms=float(iv.rr[j]),
                     qt_ms=float(iv.qt[j]), qrs_ms=float(iv.qrs[j]),
-                    patient_rng=_rng(seed, pid[j], 0), cell_rng=_rng(seed, pid[j], 2, j),
+                    patient_rng=_rng(seed, pid[j], 0),
+                    cell_rng=_rng(seed, pid[j], 2, j, *redraw),
                     t_sign=sign[p])
         pre, post = pre_p, post_p
     idx = np.flatnonzero(keep)
