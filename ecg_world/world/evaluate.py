@@ -189,11 +189,11 @@ def median_beat_scores(pred, truth, fs: float, lead: int = 0) -> dict[str, np.nd
                          f"{t.shape}")
     if not 0 <= int(lead) < p.shape[1]:
         raise ValueError(f"lead index {lead} outside the strips' {p.shape[1]} leads")
-    cfg = IntervalConfig.for_duration(fs, p.shape[-1] / fs)
-    mp = measure_intervals(jnp.asarray(p[:, lead:lead + 1]), cfg)
-    mt = measure_intervals(jnp.asarray(t[:, lead:lead + 1]), cfg)
-    a, b = np.asarray(mp.median_beat)[:, 0], np.asarray(mt.median_beat)[:, 0]
-    rr_p, rr_t = np.asarray(mp.median.rr)[:, 0], np.asarray(mt.median.rr)[:, 0]
+    n = len(p)
+    res, _ = _measure(np.concatenate([p, t])[:, lead:lead + 1], fs)  # one pass for both
+    beat = np.concatenate([np.asarray(r.median_beat)[:, 0] for r in res])
+    rr = np.concatenate([np.asarray(r.median.rr)[:, 0] for r in res])
+    a, b, rr_p, rr_t = beat[:n], beat[n:], rr[:n], rr[n:]
     has = np.isfinite(rr_p) & np.isfinite(rr_t)  # no RR: no median beat either
 
     def corr(u, v):
@@ -203,12 +203,13 @@ def median_beat_scores(pred, truth, fs: float, lead: int = 0) -> dict[str, np.nd
         return np.where(den > 0, (u * v).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
 
     r_window = np.where(has, corr(a, b), np.nan)
+    cfg = IntervalConfig.for_duration(fs, p.shape[-1] / fs)  # _measure's: the R position
     centre = cfg.samples(cfg.before)
-    r_cycle = np.full(len(a), np.nan)
+    r_cycle = np.full(n, np.nan)
     for i in np.flatnonzero(has):
-        rr = rr_t[i] * fs / 1000.0
-        lo = max(0, centre - int(round(rr / 3.0)))
-        hi = min(a.shape[-1], centre + int(round(2.0 * rr / 3.0)))
+        cyc = rr_t[i] * fs / 1000.0
+        lo = max(0, centre - int(round(cyc / 3.0)))
+        hi = min(a.shape[-1], centre + int(round(2.0 * cyc / 3.0)))
         r_cycle[i] = corr(a[i, lo:hi], b[i, lo:hi])
     with np.errstate(all="ignore"):
         hr = np.where(has, 60000.0 / rr_p - 60000.0 / rr_t, np.nan)
