@@ -656,6 +656,36 @@ class _Checkpoint:
         _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.rows.values()))
 
 
+CLEAR_ABOVE_GIB = 6.0  # resident memory above which run_preset frees JAX's caches
+
+
+def _resident_gib() -> float:
+    """This process's resident memory in GiB (psutil; inf where it is unavailable, so
+    the caches are then freed after every run, as before)."""
+    try:
+        import psutil
+    except ImportError:
+        return math.inf
+    return psutil.Process().memory_info().rss / 2**30
+
+
+def _cache_dir() -> str | None:
+    return jax.config.jax_compilation_cache_dir
+
+
+def _free_memory_if_needed() -> bool:
+    """After a run: with a persistent compilation cache (every program is on disk), free
+    JAX's in-memory executables once resident memory exceeds :data:`CLEAR_ABOVE_GIB`,
+    so a long benchmark's memory does not grow with its topologies. Below it they are
+    kept, and the next runs reuse the compiled topologies of the last ones (reloading
+    one from disk costs about 2 s per topology and run; benchmarks/fit_compile.py).
+    Returns whether the caches were freed."""
+    if _cache_dir() and _resident_gib() > CLEAR_ABOVE_GIB:
+        jax.clear_caches()
+        return True
+    return False
+
+
 def _atomic_write(path: pathlib.Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -725,10 +755,7 @@ def run_preset(preset: Preset, *, runs: pathlib.Path | None = None, policy="offl
                             "truth": _test_clean(case, dd)[0], "pred": row["_pred"],
                             "ts": np.asarray(dd.test.ts), "geometry": dd.geometry}
                     bar.update(1)
-                    if jax.config.jax_compilation_cache_dir and len(methods) > 1:
-                        # every program is on disk: free the in-memory executables, so
-                        # a long benchmark's memory does not grow with its topologies
-                        jax.clear_caches()
+                    _free_memory_if_needed()
                     if verbose:
                         print(f"  {cname:<18} {method:<13} seed {seed}: wall "
                               f"{row['wall_s']:6.1f} s (compile {row['compile_s']:5.1f}, train "

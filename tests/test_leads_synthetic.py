@@ -93,6 +93,19 @@ def test_tiny_preset_is_deterministic_and_resumes(tiny, tmp_path, monkeypatch):
     assert "Partial: 3 of" in ls.markdown(rep, 1.0)
 
 
+def test_caches_are_freed_only_above_the_memory_bound(monkeypatch):
+    cleared = []
+    monkeypatch.setattr(ls.jax, "clear_caches", lambda: cleared.append(1))
+    monkeypatch.setattr(ls, "_cache_dir", lambda: "/some/cache")
+    monkeypatch.setattr(ls, "_resident_gib", lambda: ls.CLEAR_ABOVE_GIB - 1.0)
+    assert not ls._free_memory_if_needed() and cleared == []  # compiled programs kept
+    monkeypatch.setattr(ls, "_resident_gib", lambda: ls.CLEAR_ABOVE_GIB + 1.0)
+    assert ls._free_memory_if_needed() and cleared == [1]
+    monkeypatch.setattr(ls, "_cache_dir", lambda: None)  # nothing on disk: never freed
+    assert not ls._free_memory_if_needed() and cleared == [1]
+    assert 0.0 < ls._resident_gib() < math.inf  # psutil ships with orbax
+
+
 def test_structure_distance_and_parameter_error():
     truth = Structure.make("aliev-panfilov", "laplacian", free=("D",))
     same = Structure.make("aliev-panfilov", "laplacian", free=("a", "D"))

@@ -15,6 +15,7 @@ def _env():
     return dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", MPLBACKEND="Agg")
 
 
+@pytest.mark.slow  # ~2 min (three topologies compile); `make test-all` runs it
 def test_readme_tour_runs(tmp_path):
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
