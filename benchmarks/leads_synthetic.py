@@ -657,6 +657,21 @@ class _Checkpoint:
 
 
 CLEAR_ABOVE_GIB = 6.0  # resident memory above which run_preset frees JAX's caches
+CLEAR_ABOVE_MAPS = 0.25  # ... or this share of the kernel's memory-map limit in use: LLVM
+# maps every compiled executable's sections, and a run keeping many of them died with
+# "LLVM ERROR: Unable to allocate section memory" while 23 GiB were free
+
+
+def _map_share() -> float:
+    """The share of ``vm.max_map_count`` this process uses (Linux ``/proc``; inf
+    elsewhere, so the caches are then freed after every run)."""
+    try:
+        limit = int(pathlib.Path("/proc/sys/vm/max_map_count").read_text())
+        with open("/proc/self/maps", "rb") as f:
+            used = sum(1 for _ in f)
+    except (OSError, ValueError):
+        return math.inf
+    return used / max(limit, 1)
 
 
 def _resident_gib() -> float:
@@ -675,12 +690,14 @@ def _cache_dir() -> str | None:
 
 def _free_memory_if_needed() -> bool:
     """After a run: with a persistent compilation cache (every program is on disk), free
-    JAX's in-memory executables once resident memory exceeds :data:`CLEAR_ABOVE_GIB`,
+    JAX's in-memory executables once resident memory exceeds :data:`CLEAR_ABOVE_GIB`
+    or the process holds :data:`CLEAR_ABOVE_MAPS` of the kernel's memory-map limit,
     so a long benchmark's memory does not grow with its topologies. Below it they are
     kept, and the next runs reuse the compiled topologies of the last ones (reloading
     one from disk costs about 2 s per topology and run; benchmarks/fit_compile.py).
     Returns whether the caches were freed."""
-    if _cache_dir() and _resident_gib() > CLEAR_ABOVE_GIB:
+    if _cache_dir() and (_resident_gib() > CLEAR_ABOVE_GIB
+                         or _map_share() > CLEAR_ABOVE_MAPS):
         jax.clear_caches()
         return True
     return False

@@ -94,13 +94,20 @@ def test_tiny_preset_is_deterministic_and_resumes(tiny, tmp_path, monkeypatch):
 
 
 def test_caches_are_freed_only_above_the_memory_bound(monkeypatch):
+    real_share = ls._map_share()
+    assert 0.0 < real_share < 1.0 or real_share == math.inf  # no /proc: inf
     cleared = []
     monkeypatch.setattr(ls.jax, "clear_caches", lambda: cleared.append(1))
     monkeypatch.setattr(ls, "_cache_dir", lambda: "/some/cache")
     monkeypatch.setattr(ls, "_resident_gib", lambda: ls.CLEAR_ABOVE_GIB - 1.0)
+    monkeypatch.setattr(ls, "_map_share", lambda: ls.CLEAR_ABOVE_MAPS / 2)
     assert not ls._free_memory_if_needed() and cleared == []  # compiled programs kept
+    monkeypatch.setattr(ls, "_map_share", lambda: ls.CLEAR_ABOVE_MAPS * 2)
+    assert ls._free_memory_if_needed() and cleared == [1]  # near the memory-map limit
+    monkeypatch.setattr(ls, "_map_share", lambda: 0.0)
     monkeypatch.setattr(ls, "_resident_gib", lambda: ls.CLEAR_ABOVE_GIB + 1.0)
-    assert ls._free_memory_if_needed() and cleared == [1]
+    assert ls._free_memory_if_needed() and cleared == [1, 1]
+    cleared[:] = [1]
     monkeypatch.setattr(ls, "_cache_dir", lambda: None)  # nothing on disk: never freed
     assert not ls._free_memory_if_needed() and cleared == [1]
     assert 0.0 < ls._resident_gib() < math.inf  # psutil ships with orbax
