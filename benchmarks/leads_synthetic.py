@@ -825,6 +825,11 @@ def merge(parts: list[xr.Dataset]) -> xr.Dataset:
                     compat="override", combine_attrs="override")
     for name in ("nearest", "formula"):
         out[name] = out[name].fillna("").astype(str)
+    for v in out.variables.values():
+        # a part read from disk carries its string widths as encoding (e.g. '<U14' for
+        # 'aliev-panfilov'); written with them, longer names of other parts were cut
+        # ('fitzhugh-nagum')
+        v.encoding = {}
     desc = {}
     for p in parts:
         desc.update(json.loads(p.attrs["case_descriptions"]))

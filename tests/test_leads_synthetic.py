@@ -241,3 +241,25 @@ def test_merge_parts_run_in_parallel():
     assert "Partial" in ls.markdown(m, 1.0)
     with pytest.raises(ValueError, match="more than one part"):
         ls.merge([a, a])
+
+
+def test_merge_of_parts_read_from_disk_keeps_every_name(tmp_path):
+    """Parts come from netCDF files; the first part's string widths (its encoding) must not
+    cut the other parts' longer case and method names when the merge is written."""
+    ds = _fake(np.array([1.0, 1.1, 0.9]), 3.0)
+    ds["nearest"] = (("case", "method", "seed"), np.full(ds["recovered"].shape, "x"))
+    ds["formula"] = ds["nearest"]
+    for k, v in {"preset": "quick", "case_descriptions": "{}", "total_seconds": 2.0,
+                 "command": "c"}.items():
+        ds.attrs[k] = v
+    short = ds.isel(case=[0], method=[1])  # 'aliev-panfilov', 'hand-hybrid'
+    long_ = ds.isel(case=[1, 2])  # 'fitzhugh-nagumo' is longer than 'aliev-panfilov'
+    paths = []
+    for name, part in (("a", short), ("b", long_)):
+        paths.append(tmp_path / f"{name}.nc")
+        part.to_netcdf(paths[-1], engine="h5netcdf")
+    m = ls.merge([xr.load_dataset(p, engine="h5netcdf") for p in paths])
+    m.to_netcdf(tmp_path / "m.nc", engine="h5netcdf")
+    back = xr.load_dataset(tmp_path / "m.nc", engine="h5netcdf")
+    assert sorted(back.case.values) == sorted(ds.case.values)
+    assert sorted(back.method.values) == sorted(ds.method.values)
