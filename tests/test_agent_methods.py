@@ -125,7 +125,7 @@ def test_pure_neural_ode(data, tmp_path):
     res = run(data, "neural", tmp_path / "nn", budget)
     assert len(res.history) == 2 and res.rounds == 1
     specs = [json.loads(o.spec) for o in res.history]
-    assert [s["seed"] for s in specs] == [0, 1] and all(s["kind"] == "neural" for s in specs)
+    assert len({s["seed"] for s in specs}) == 2 and all(s["kind"] == "neural" for s in specs)
     assert all(o.reaction is None and o.n_params > 1000 for o in res.history)
     assert res.timings[0]["fit_n_train_programs"] == 1  # one width: one program
     assert res.best is not None and math.isfinite(res.test_rmse)
@@ -187,3 +187,28 @@ def test_resume_in_a_fresh_process(tmp_path):
         np.testing.assert_allclose(b[v].values, a[v].values, rtol=1e-6)
     assert a.attrs["test_rmse_mV"] == pytest.approx(b.attrs["test_rmse_mV"], rel=1e-6)
     assert (ref / "transcript.jsonl").read_text() == (out / "transcript.jsonl").read_text()
+
+
+def test_neural_baseline_draws_its_initialisations_from_the_key():
+    """The pure-neural baseline's networks come from the run's key: the same key proposes
+    the same seeds, another key others (fixed seeds made its seed spread zero), and a
+    seed already tried is not proposed again."""
+    from leads_jax.agent._methods import _NeuralPolicy
+    from leads_jax.agent._policy import candidate_key
+
+    class Ctx:
+        tried = set()
+
+    pol = _NeuralPolicy()
+
+    def seeds(key, ctx=Ctx):
+        return [p.spec["seed"] for p in pol.propose(ctx, 4, key=jax.random.key(key))]
+
+    a, b = seeds(0), seeds(1)
+    assert len(set(a)) == 4 and a == seeds(0) and set(a).isdisjoint(b)
+
+    class Tried:
+        tried = {candidate_key(p) for p in pol.propose(Ctx, 4, key=jax.random.key(0))[:2]}
+
+    again = seeds(0, Tried)
+    assert again[:2] == a[2:] and len(again) == 4 and set(again).isdisjoint(a[:2])

@@ -18,7 +18,7 @@ Every method runs through the same loop, the same fitting engine and the same bu
 ``random``         random search over the grammar (:class:`~leads_jax.agent.RandomPolicy`)
 ``neural``         a purely neural (graph) ODE, no physics
                    (:mod:`leads_jax.agent._neural`), width 32, one candidate per
-                   initialisation seed
+                   initialisation seed (drawn from the run's key)
 ``one-round``      LEADS without iterative reasoning: the whole candidate budget in one
                    round (the policy proposes blind)
 ``no-memory``      LEADS whose policy sees only the last round and whose memory does
@@ -34,6 +34,7 @@ import dataclasses
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 
 from ._actions import AddClosure, Proposal, SetParameter, SetReaction
 from ._expr import expression_model, random_program
@@ -155,19 +156,26 @@ def _llm_expressions(llm: LLMPolicy, context, k, names, n_params, events) -> lis
 
 class _NeuralPolicy(Policy):
     """Pure neural ODEs: width 32, two hidden layers, one candidate per initialisation
-    seed (one topology, so one compilation), as many as the budget allows."""
+    seed (one topology, so one compilation), as many as the budget allows. The seeds are
+    drawn from the round's `key`, so runs of other seeds start from other networks (with
+    fixed seeds 0, 1, ... every run of the benchmark fitted the same networks and the
+    seed spread of this baseline was zero by construction)."""
 
     name = "neural"
     WIDTH = 32
 
     def propose(self, context, k, *, key):
-        out, seed = [], 0
-        while len(out) < k and seed < 1000:
+        draws = np.asarray(jax.random.randint(key, (k + 64,), 0, 2**31 - 1)).tolist()
+        out, keys = [], set()
+        for seed in draws:
+            if len(out) == k:
+                break
             p = ModelProposal(kind="neural", spec={"width": self.WIDTH, "n_states": 2,
-                                                   "seed": seed},
+                                                   "seed": int(seed)},
                               rationale=f"neural ODE, width {self.WIDTH}, seed {seed}")
-            seed += 1
-            if candidate_key(p) not in context.tried:
+            ck = candidate_key(p)
+            if ck not in context.tried and ck not in keys:
+                keys.add(ck)
                 out.append(p)
         return out
 
