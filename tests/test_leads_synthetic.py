@@ -223,7 +223,8 @@ def test_smoke_full_configuration_on_four_devices(tmp_path):
     assert int(fit.attrs["n_devices"]) == 4
 
 
-def test_merge_parts_run_in_parallel():
+def _fake_result():
+    """A whole results Dataset of the quick preset, as ``run_preset`` writes it."""
     ds = _fake(np.array([1.0, 1.1, 0.9]), 3.0)
     ds["nearest"] = (("case", "method", "seed"), np.full(ds["recovered"].shape, "x"))
     ds["formula"] = ds["nearest"]
@@ -231,6 +232,11 @@ def test_merge_parts_run_in_parallel():
                  "command": "c", "description": "d", "policy": "offline", "n_devices": 1,
                  "device": "cpu", "cpu_count": 2, "jax_version": "x", "date": "t"}.items():
         ds.attrs[k] = v
+    return ds
+
+
+def test_merge_parts_run_in_parallel():
+    ds = _fake_result()
     a = ds.isel(case=[0, 1])
     b = ds.isel(case=[2], seed=[0])  # a part that ran one seed only
     b.attrs["case_descriptions"] = '{"bueno-orovio": "d"}'
@@ -246,12 +252,7 @@ def test_merge_parts_run_in_parallel():
 def test_merge_of_parts_read_from_disk_keeps_every_name(tmp_path):
     """Parts come from netCDF files; the first part's string widths (its encoding) must not
     cut the other parts' longer case and method names when the merge is written."""
-    ds = _fake(np.array([1.0, 1.1, 0.9]), 3.0)
-    ds["nearest"] = (("case", "method", "seed"), np.full(ds["recovered"].shape, "x"))
-    ds["formula"] = ds["nearest"]
-    for k, v in {"preset": "quick", "case_descriptions": "{}", "total_seconds": 2.0,
-                 "command": "c"}.items():
-        ds.attrs[k] = v
+    ds = _fake_result()
     short = ds.isel(case=[0], method=[1])  # 'aliev-panfilov', 'hand-hybrid'
     long_ = ds.isel(case=[1, 2])  # 'fitzhugh-nagumo' is longer than 'aliev-panfilov'
     paths = []

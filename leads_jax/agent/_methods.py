@@ -171,7 +171,7 @@ class _NeuralPolicy(Policy):
             if len(out) == k:
                 break
             p = ModelProposal(kind="neural", spec={"width": self.WIDTH, "n_states": 2,
-                                                   "seed": int(seed)},
+                                                   "seed": seed},
                               rationale=f"neural ODE, width {self.WIDTH}, seed {seed}")
             ck = candidate_key(p)
             if ck not in context.tried and ck not in keys:
