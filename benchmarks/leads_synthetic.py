@@ -104,6 +104,7 @@ from leads_jax import enable_compilation_cache
 from leads_jax.agent import METHODS, Budget, discover
 from leads_jax.agent._data import discovery_data
 from leads_jax.agent._loop import heldout_prediction
+from leads_jax.agent._methods import resolve_method
 from leads_jax.compile import bucket_size
 from leads_jax.datasets import default_conductivity, make_dataset
 from leads_jax.fit import FitConfig, load_candidate
@@ -160,6 +161,11 @@ class Preset:
     lr_period: float = 600.0  # ms
     scar_radius: float = 2.0  # cm (about 13% of the ventricle surface)
     learning_rate: float = 0.03
+    # the pure-neural baseline's step: Adam's default (Kingma & Ba, ICLR 2015), the usual
+    # step for network weights. At the shared 0.03 (a step for physical parameters) every
+    # network left its state bounds within 10-30 steps (every candidate, every seed, BO
+    # and FK, 2026-12-03), so the baseline kept its initial, zero-output network
+    neural_learning_rate: float = 1e-3
 
     def describe(self) -> str:
         geo = (f"{self.cable_nodes}-node cable (3 pacing sites: train / val / test)"
@@ -176,7 +182,9 @@ class Preset:
                 f"samples every {self.save_every:g} ms, noise {100 * self.noise:g}% of the "
                 f"signal range; budget per method: {self.budget.candidates} candidates "
                 f"({self.budget.k} per round, <= {self.budget.rounds} rounds) x {self.steps} "
-                f"steps; catalog reactions: {cat}; seeds {list(self.seeds)}")
+                f"steps; Adam, step {self.learning_rate:g} (pure-neural baseline "
+                f"{self.neural_learning_rate:g}); catalog reactions: {cat}; seeds "
+                f"{list(self.seeds)}")
 
 
 PRESETS = {
@@ -565,12 +573,21 @@ def _policy(args_policy, llm_model, api_base):
     return LLMPolicy(llm_model, **kw), None
 
 
+def fit_config(preset: Preset, method: str, dt: float) -> FitConfig:
+    """The fitting configuration of `method`: the same steps for every method (the budget
+    is candidates x steps); the pure-neural baseline steps with
+    ``preset.neural_learning_rate`` (network weights), every other method with
+    ``preset.learning_rate``."""
+    lr = preset.neural_learning_rate if resolve_method(method).kind == "neural" \
+        else preset.learning_rate
+    return FitConfig(steps=preset.steps, learning_rate=lr, eval_every=10, patience=None,
+                     dt=dt, min_bucket=bucket_size(preset.budget.candidates)
+                     if preset.shared_bucket else 1)
+
+
 def run_one(case: CaseData, method: str, seed: int, preset: Preset, run_dir: pathlib.Path,
             policy="offline", resume: bool = False) -> dict:
-    config = FitConfig(steps=preset.steps, learning_rate=preset.learning_rate, eval_every=10,
-                       patience=None, dt=case.dt,
-                       min_bucket=bucket_size(preset.budget.candidates) if preset.shared_bucket
-                       else 1)
+    config = fit_config(preset, method, case.dt)
     cat = _catalog(preset)
     if method == "hand-hybrid":  # a fixed design, not a search: its closure is allowed
         cat = dataclasses.replace(cat, closures=Catalog.default().closures)
@@ -801,12 +818,38 @@ def run_preset(preset: Preset, *, runs: pathlib.Path | None = None, policy="offl
         "total_seconds": total, "n_devices": jax.device_count(),
         "n_runs": int(np.prod(shape)), "n_finished": finished,
         "device": jax.devices()[0].platform, "jax_version": jax.__version__,
-        "cpu_count": os.cpu_count() or 0, "python": platform.python_version(),
+        "cpu_count": os.cpu_count() or 0, "cpu": cpu_description(),
+        "python": platform.python_version(),
         "command": "python benchmarks/leads_synthetic.py " + " ".join(sys.argv[1:]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "source": "benchmarks/leads_synthetic.py (leads-jax)",
     })
     return ds, figs
+
+
+def cpu_description() -> str:
+    """The CPU model and its widest vector instruction set, e.g. ``'AMD EPYC (avx512f)'``.
+    XLA compiles for the CPU it runs on, so sums can round differently on another
+    machine, and fits of 100 steps amplify such differences: the same runs made in two
+    sessions (machines) differed by up to 0.5 mV of test error (the FK hand hybrid),
+    while one machine reproduced them bit for bit across processes and run orders."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Hardware") and value.strip():
+                    model = value.strip()
+                elif key in ("flags", "Features"):
+                    flags = set(value.split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    isa = next((f for f in ("avx512f", "avx2", "avx", "sve", "asimd", "neon") if f in flags),
+               "")
+    return f"{model} ({isa})" if isa else model
 
 
 def merge(parts: list[xr.Dataset]) -> xr.Dataset:
@@ -971,7 +1014,8 @@ def markdown(ds: xr.Dataset, elapsed: float) -> str:
     lines = [f"# LEADS synthetic benchmark (`{ds.attrs['preset']}`)", "",
              ds.attrs["description"] + ".", "",
              f"Policy {ds.attrs['policy']}; {ds.attrs['n_devices']} {ds.attrs['device']} "
-             f"device(s), {ds.attrs['cpu_count']} CPU cores, jax {ds.attrs['jax_version']}, "
+             f"device(s), {ds.attrs['cpu_count']} CPU cores "
+             f"({ds.attrs.get('cpu', 'CPU not recorded')}), jax {ds.attrs['jax_version']}, "
              f"{ds.attrs['date']}. Command: `{ds.attrs['command']}`. Wall time "
              f"**{elapsed / 60:.1f} min** (summed over the processes when merged); "
              "summed over the runs "
@@ -1045,6 +1089,7 @@ def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     paths = []
     cases = list(figs["cases"])
@@ -1104,6 +1149,16 @@ def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pa
         ax.set_xticks(pos, ds.method.values, rotation=70, fontsize=7)
         if np.any(np.isfinite(mean) & (mean > 0)):  # nothing finished: no log axis
             ax.set_yscale("log")
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis(matplotlib.ticker.LogFormatter(labelOnlyBase=False))
+        for i, r in enumerate(x):  # a bar of inf draws nothing: say why it is empty
+            ran = r[~np.isnan(r)]
+            if ran.size and not np.isfinite(ran).all():
+                label = "diverged" if not np.isfinite(ran).any() else \
+                    f"{int(np.sum(~np.isfinite(ran)))}/{ran.size} diverged"
+                ax.annotate(label, (pos[i], 0.5), xycoords=("data", "axes fraction"),
+                            rotation=90, ha="center", va="center", fontsize=7, color="C3")
+        ax.set_xlim(-0.6, len(pos) - 0.4)
         ax.set_title(str(c), fontsize=9)
     axes[0, 0].set_ylabel("test RMSE vs clean truth (mV)")
     paths.append(_save(fig, out / f"{stem}_test_error.png"))
@@ -1114,19 +1169,24 @@ def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pa
         for m in ds.method.values:
             tr = ds["trajectory"].sel({"case": c, "method": m}).values
             tr = np.where(np.isfinite(tr), tr, np.nan)
-            if not np.isfinite(tr).any():
+            if not np.isfinite(tr).any():  # no stable candidate in any seed
+                ax.plot([], [], lw=1, label=f"{m} (none stable)")
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                ax.plot(ds.candidate.values, np.nanmean(tr, axis=0), label=str(m),
-                        lw=2 if m == "leads" else 1)
+                y = np.nanmean(tr, axis=0)
+                ax.plot(ds.candidate.values, y, label=str(m), lw=2 if m == "leads" else 1,
+                        marker="o" if np.isfinite(y).sum() == 1 else None)  # one fit: a dot
             drawn = True
         if drawn:
             ax.set_yscale("log")
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis(matplotlib.ticker.LogFormatter(labelOnlyBase=False))
         ax.set_xlabel("candidates fitted")
         ax.set_title(str(c), fontsize=9)
-    axes[0, 0].set_ylabel("best validation RMSE (mV)")
-    axes[0, -1].legend(fontsize=6)
+    axes[0, 0].set_ylabel("best val. RMSE, stable (mV)")
+    for ax in axes[0]:
+        ax.legend(fontsize=6)
     paths.append(_save(fig, out / f"{stem}_trajectory.png"))
     return paths
 

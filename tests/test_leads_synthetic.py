@@ -60,6 +60,7 @@ def test_tiny_preset_end_to_end(tiny, tmp_path):
     assert str(L["nearest"].sel(case="fenton-karma").values[0]) in p.catalog_reactions
     md = ls.markdown(ds, 1.0)
     assert "## Targets" in md and "aliev-panfilov" in md and "noise 1%" in md
+    assert ds.attrs["cpu"] and f"({ds.attrs['cpu']})" in md  # tables from other CPUs differ
     paths = ls.figures(ds, figs, tmp_path, "t")
     assert all(q.exists() and q.stat().st_size > 1000 for q in paths)
     ds.to_netcdf(tmp_path / "r.nc", engine="h5netcdf")
@@ -264,3 +265,40 @@ def test_merge_of_parts_read_from_disk_keeps_every_name(tmp_path):
     back = xr.load_dataset(tmp_path / "m.nc", engine="h5netcdf")
     assert sorted(back.case.values) == sorted(ds.case.values)
     assert sorted(back.method.values) == sorted(ds.method.values)
+
+
+def test_every_method_gets_the_same_steps_and_the_neural_baseline_its_own_step():
+    for p in ls.PRESETS.values():
+        configs = {m: ls.fit_config(p, m, 0.25) for m in ls.METHODS}
+        assert {c.steps for c in configs.values()} == {p.steps}  # the budget: same steps
+        assert configs["neural"].learning_rate == p.neural_learning_rate
+        assert {c.learning_rate for m, c in configs.items() if m != "neural"} == \
+            {p.learning_rate}
+        assert p.neural_learning_rate < p.learning_rate
+        assert f"pure-neural baseline {p.neural_learning_rate:g}" in p.describe()
+    with pytest.raises(ValueError, match="unknown method"):
+        ls.fit_config(ls.PRESETS["quick"], "nerual", 0.25)
+
+
+@pytest.mark.slow
+def test_the_neural_baseline_trains_at_its_own_step_and_not_at_the_shared_one():
+    """At the shared step (0.03) every network leaves its state bounds early and the fit
+    keeps the initial, zero-output network (best step 0); at the baseline's own step it
+    trains (the validation error falls well below the initial network's)."""
+    import jax
+
+    from leads_jax.agent._neural import neural_ode_model
+    from leads_jax.fit import fit
+
+    p = ls.PRESETS["quick"]
+    case = ls.make_case("bueno-orovio", p, 0)
+    dd = ls.discovery_data(case.noisy)
+    models = [neural_ode_model(dd.geometry, 2, 32, key=jax.random.key(s)) for s in range(2)]
+    out = {}
+    for m in ("leads", "neural"):
+        cfg = ls.fit_config(p, m, case.dt)
+        out[m] = fit(models, dd.search, cfg, key=jax.random.key(0), progress=False).dataset
+    assert np.all(out["leads"]["best_step"].values == 0)  # the shared step: untrained
+    initial = float(out["leads"]["val_rmse"].min())
+    assert np.all(out["neural"]["best_step"].values > 0)
+    assert float(out["neural"]["val_rmse"].min()) < 0.5 * initial

@@ -18,7 +18,10 @@ Every method runs through the same loop, the same fitting engine and the same bu
 ``random``         random search over the grammar (:class:`~leads_jax.agent.RandomPolicy`)
 ``neural``         a purely neural (graph) ODE, no physics
                    (:mod:`leads_jax.agent._neural`), width 32, one candidate per
-                   initialisation seed (drawn from the run's key)
+                   initialisation seed (drawn from the run's key); fitted with the
+                   caller's ``FitConfig``, whose step should suit network weights
+                   (the LEADS benchmark uses Adam's default 1e-3: at its 0.03 for
+                   physical parameters every network diverges within 30 steps)
 ``one-round``      LEADS without iterative reasoning: the whole candidate budget in one
                    round (the policy proposes blind)
 ``no-memory``      LEADS whose policy sees only the last round and whose memory does
