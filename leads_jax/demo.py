@@ -108,7 +108,8 @@ def leads_discover(out: pathlib.Path, seed: int, quick: bool) -> list[pathlib.Pa
               f"RMSE {res.test_rmse:.3g} mV):")
         print("    " + o.formula.replace("\n", "\n    "))
         print("  fitted: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(o.params.items())))
-    comp = sum(t["fit_compile_seconds"] + t["observe_compile_seconds"] for t in res.timings)
+    comp = sum(t.get(f"{ph}_compile_wall_seconds", t[f"{ph}_compile_seconds"])
+               for t in res.timings for ph in ("fit", "observe"))  # wall time compiling
     train = sum(t["train_seconds"] for t in res.timings)
     print(f"  compile {comp:.0f} s, train {train:.0f} s; report: {res.report['report']}")
     return [data_path, run / "results.nc", res.report["report"]]

@@ -105,8 +105,33 @@ def test_compilations_equal_topology_groups_and_repeat_rounds_compile_nothing(ru
         assert res.timings[1]["fit_n_programs"] == res.timings[1]["fit_n_train_programs"] == 0
     for res in list(runs.values())[1:]:  # the other truths reuse every program
         assert res.timings[0]["fit_programs"] == [], res.timings[0]
+    # round 0 compiles its 3 topologies in 2 threads: the compile wall time is the union
+    # of their intervals, at most their sum and at most the fit's wall time
+    t0 = first[0]
+    assert 0.0 < t0["fit_compile_wall_seconds"] <= t0["fit_compile_seconds"] + 1e-6
+    assert t0["fit_compile_wall_seconds"] <= t0["fit_seconds"]
+    assert t0["train_seconds"] == pytest.approx(t0["fit_seconds"]
+                                                - t0["fit_compile_wall_seconds"])
     report = (runs["aliev-panfilov"].out / "report.md").read_text()
-    assert "compile" in report and "train s" in report
+    assert "compile" in report and "train s" in report and "summed over the" in report
+
+
+def test_compile_wall_time_is_the_union_of_the_compilations():
+    from leads_jax.agent._loop import CompileLog
+
+    log = CompileLog()
+    log.intervals = [(0.0, 2.0), (1.0, 3.0), (5.0, 6.0), (5.5, 5.8)]  # two threads
+    log.events = [("f", 2.0), ("g", 2.0), ("h", 1.0), ("i", 0.3)]
+    assert log.wall_seconds == pytest.approx(4.0) and log.seconds == pytest.approx(5.3)
+    assert CompileLog().wall_seconds == 0.0
+    import jax
+    import jax.numpy as jnp
+
+    with CompileLog() as real:
+        jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(7.0)).block_until_ready()
+    assert len(real.events) >= 1
+    assert 0.0 < real.wall_seconds <= real.seconds + 1e-9
+    assert real.summary()["compile_wall_seconds"] == real.wall_seconds
 
 
 def test_memory_topk_reflection_and_transcript(runs):
