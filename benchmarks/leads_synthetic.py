@@ -882,6 +882,8 @@ def merge(parts: list[xr.Dataset]) -> xr.Dataset:
     out.attrs["n_finished"] = int(np.isfinite(out["n_candidates"].values).sum())
     out.attrs["total_seconds"] = float(sum(p.attrs["total_seconds"] for p in parts))
     out.attrs["command"] = " + ".join(p.attrs["command"] for p in parts)
+    out.attrs["cpu"] = " + ".join(dict.fromkeys(  # the parts may come from other machines
+        p.attrs.get("cpu", "CPU not recorded") for p in parts))
     out.attrs["merged_from"] = len(parts)
     return out
 
@@ -1085,6 +1087,21 @@ def _save(fig, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def _plain_log_labels(ax, ticker) -> None:
+    """Label a log y axis in plain numbers (0.9, 12.5, 30), at 1-2-5 ticks when it spans
+    more than a decade, at every tick when less."""
+
+    def label(v, _pos):
+        if not (v > 0 and math.isfinite(v)):
+            return ""
+        lo, hi = ax.get_ylim()
+        lead = round(v / 10 ** math.floor(math.log10(v)), 6)
+        return f"{v:g}" if hi / max(lo, 1e-300) <= 10 or lead in (1, 2, 5) else ""
+
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(label))
+    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(label))
+
+
 def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pathlib.Path]:
     import matplotlib
 
@@ -1150,8 +1167,7 @@ def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pa
         ax.set_xticks(pos, ds.method.values, rotation=70, fontsize=7)
         if np.any(np.isfinite(mean) & (mean > 0)):  # nothing finished: no log axis
             ax.set_yscale("log")
-            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-                axis(matplotlib.ticker.LogFormatter(labelOnlyBase=False))
+            _plain_log_labels(ax, matplotlib.ticker)
         for i, r in enumerate(x):  # a bar of inf draws nothing: say why it is empty
             ran = r[~np.isnan(r)]
             if ran.size and not np.isfinite(ran).all():
@@ -1181,8 +1197,7 @@ def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pa
             drawn = True
         if drawn:
             ax.set_yscale("log")
-            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-                axis(matplotlib.ticker.LogFormatter(labelOnlyBase=False))
+            _plain_log_labels(ax, matplotlib.ticker)
         ax.set_xlabel("candidates fitted")
         ax.set_title(str(c), fontsize=9)
     axes[0, 0].set_ylabel("best val. RMSE, stable (mV)")

@@ -246,6 +246,11 @@ def test_merge_parts_run_in_parallel():
     assert m.attrs["n_finished"] == 2 * 4 * 3 + 4 and m.attrs["n_runs"] == 3 * 4 * 3
     assert np.isnan(m["test_rmse_clean"].sel(case="bueno-orovio", seed=1).values).all()
     assert "Partial" in ls.markdown(m, 1.0)
+    assert m.attrs["cpu"] == "CPU not recorded"  # parts made before the CPU was recorded
+    b = b.copy()
+    b.attrs = {**b.attrs, "cpu": "AMD EPYC (avx512f)"}  # its own attrs, not a's
+    assert ls.merge([a, b]).attrs["cpu"] == "CPU not recorded + AMD EPYC (avx512f)"
+    assert "(CPU not recorded + AMD EPYC (avx512f))" in ls.markdown(ls.merge([a, b]), 1.0)
     with pytest.raises(ValueError, match="more than one part"):
         ls.merge([a, a])
 
