@@ -307,3 +307,18 @@ def test_the_neural_baseline_trains_at_its_own_step_and_not_at_the_shared_one():
     initial = float(out["leads"]["val_rmse"].min())
     assert np.all(out["neural"]["best_step"].values > 0)
     assert float(out["neural"]["val_rmse"].min()) < 0.5 * initial
+
+
+def test_the_scar_case_refuses_data_that_cannot_show_the_scar():
+    """The quick preset's scar propagates from every site and its training horizon holds
+    the wave; the configuration it once had (2-node pacing patches, 45 ms) is refused,
+    as is a horizon that ends before the healthy tissue is activated."""
+    import dataclasses
+
+    p = ls.PRESETS["quick"]
+    case = ls.make_case("scar", p, 0)
+    assert np.all(case.noisy["activated_fraction"].values == 1.0)
+    with pytest.raises(ValueError, match="activates too little of the healthy tissue"):
+        ls.make_case("scar", dataclasses.replace(p, mesh_patch_radius=0.6), 0)
+    with pytest.raises(ValueError, match="lengthen t_train_mesh"):
+        ls.make_case("scar", dataclasses.replace(p, t_train_mesh=45.0), 0)
