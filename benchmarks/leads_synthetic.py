@@ -108,6 +108,7 @@ from leads_jax.agent import METHODS, Budget, discover
 from leads_jax.agent._data import discovery_data
 from leads_jax.agent._loop import heldout_prediction
 from leads_jax.agent._methods import resolve_method
+from leads_jax.agent._report import compile_wall_seconds
 from leads_jax.compile import bucket_size
 from leads_jax.datasets import default_conductivity, make_dataset
 from leads_jax.fit import FitConfig, load_candidate
@@ -654,9 +655,7 @@ def run_one(case: CaseData, method: str, seed: int, preset: Preset, run_dir: pat
         row["best_hybrid_test"] = row["best_physics_test"] = math.nan
     row["n_candidates"] = float(len(res.history))
     row["wall_s"] = wall
-    row["compile_s"] = float(sum(  # wall time compiling (groups compile in threads)
-        t.get(f"{ph}_compile_wall_seconds", t.get(f"{ph}_compile_seconds", 0.0))
-        for t in res.timings for ph in ("fit", "observe")))
+    row["compile_s"] = float(sum(compile_wall_seconds(t) for t in res.timings))
     row["train_s"] = float(sum(t.get("train_seconds", 0.0) for t in res.timings))
     client = getattr(policy, "client", None)
     row["llm_tokens"] = float(client.total_prompt_tokens + client.total_completion_tokens) \
@@ -870,7 +869,7 @@ def cpu_description() -> str:
     machine, and fits of 100 steps amplify such differences: the same runs made in two
     sessions (machines) differed by up to 0.5 mV of test error (the FK hand hybrid),
     while one machine reproduced them bit for bit across processes and run orders."""
-    model, flags = platform.processor() or platform.machine(), set()
+    model, flags = None, set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -884,6 +883,7 @@ def cpu_description() -> str:
                     break
     except OSError:
         pass
+    model = model or platform.processor() or platform.machine()
     isa = next((f for f in ("avx512f", "avx2", "avx", "sve", "asimd", "neon") if f in flags),
                "")
     return f"{model} ({isa})" if isa else model
@@ -1123,9 +1123,10 @@ def _save(fig, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def _plain_log_labels(ax, ticker) -> None:
+def _plain_log_labels(ax) -> None:
     """Label a log y axis in plain numbers (0.9, 12.5, 30), at 1-2-5 ticks when it spans
     more than a decade, at every tick when less."""
+    from matplotlib import ticker
 
     def label(v, _pos):
         if not (v > 0 and math.isfinite(v)):
@@ -1143,7 +1144,6 @@ def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     paths = []
     cases = list(figs["cases"])
@@ -1203,7 +1203,7 @@ def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pa
         ax.set_xticks(pos, ds.method.values, rotation=70, fontsize=7)
         if np.any(np.isfinite(mean) & (mean > 0)):  # nothing finished: no log axis
             ax.set_yscale("log")
-            _plain_log_labels(ax, matplotlib.ticker)
+            _plain_log_labels(ax)
         for i, r in enumerate(x):  # a bar of inf draws nothing: say why it is empty
             ran = r[~np.isnan(r)]
             if ran.size and not np.isfinite(ran).all():
@@ -1233,7 +1233,7 @@ def figures(ds: xr.Dataset, figs: dict, out: pathlib.Path, stem: str) -> list[pa
             drawn = True
         if drawn:
             ax.set_yscale("log")
-            _plain_log_labels(ax, matplotlib.ticker)
+            _plain_log_labels(ax)
         ax.set_xlabel("candidates fitted")
         ax.set_title(str(c), fontsize=9)
     axes[0, 0].set_ylabel("best val. RMSE, stable (mV)")

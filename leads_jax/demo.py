@@ -80,6 +80,7 @@ def leads_discover(out: pathlib.Path, seed: int, quick: bool) -> list[pathlib.Pa
     import jax
 
     from leads_jax.agent import Budget, discover
+    from leads_jax.agent._report import compile_wall_seconds
     from leads_jax.datasets import make_dataset, save_dataset
     from leads_jax.fit import FitConfig
     from leads_jax.geometry import Geometry
@@ -108,8 +109,7 @@ def leads_discover(out: pathlib.Path, seed: int, quick: bool) -> list[pathlib.Pa
               f"RMSE {res.test_rmse:.3g} mV):")
         print("    " + o.formula.replace("\n", "\n    "))
         print("  fitted: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(o.params.items())))
-    comp = sum(t.get(f"{ph}_compile_wall_seconds", t[f"{ph}_compile_seconds"])
-               for t in res.timings for ph in ("fit", "observe"))  # wall time compiling
+    comp = sum(compile_wall_seconds(t) for t in res.timings)
     train = sum(t["train_seconds"] for t in res.timings)
     print(f"  compile {comp:.0f} s, train {train:.0f} s; report: {res.report['report']}")
     return [data_path, run / "results.nc", res.report["report"]]

@@ -207,10 +207,10 @@ def write_report(outp) -> dict:
           "observe s | compilations (programs / training) |", "|---|---|---|---|---|---|---|"]
     for t in timings:
         L.append(f"| {t['round']} | {t['n_candidates']} | {_f(t['fit_seconds'], 3)} | "
-                 f"{_f(_compile_wall(t, 'fit'), 3)} | {_f(t['train_seconds'], 3)} | "
+                 f"{_f(compile_wall_seconds(t, 'fit'), 3)} | {_f(t['train_seconds'], 3)} | "
                  f"{_f(t['observe_seconds'], 3)} | {t['fit_n_programs'] + t['observe_n_programs']}"
                  f" / {t['fit_n_train_programs']} |")
-    tot_c = sum(_compile_wall(t, "fit") + _compile_wall(t, "observe") for t in timings)
+    tot_c = sum(compile_wall_seconds(t) for t in timings)
     tot_cpu = sum(t["fit_compile_seconds"] + t["observe_compile_seconds"] for t in timings)
     tot_t = sum(t["train_seconds"] for t in timings)
     L.append("")
@@ -338,6 +338,10 @@ def _figures(outp: pathlib.Path, obs, final) -> dict:
     return out
 
 
-def _compile_wall(t: dict, phase: str) -> float:
-    """A round's compile wall time (runs written before it was recorded: the sum)."""
-    return t.get(f"{phase}_compile_wall_seconds", t[f"{phase}_compile_seconds"])
+def compile_wall_seconds(t: dict, phase: str = "both") -> float:
+    """A round's compile wall time in `phase` (``"fit"``, ``"observe"`` or ``"both"``)
+    from its timing record; rounds written before it was recorded give the sum over
+    threads."""
+    phases = ("fit", "observe") if phase == "both" else (phase,)
+    return float(sum(t.get(f"{ph}_compile_wall_seconds", t[f"{ph}_compile_seconds"])
+                     for ph in phases))
