@@ -45,11 +45,22 @@ beat, the sample-wise median of the aligned windows):
 - *T wave*: in ``[QRS offset + 40 ms, R + reach]``, ``reach = max(min(0.7 RR, RR - 0.2 s),
   0.6 RR)`` of the RR to the next beat (adaptive to the rate, no fixed cap: a long-QT T wave
   whose peak is 0.6 s after R at 50 bpm is inside; the beat window runs to R + 1.2 s), the T
-  peak is the first extremum whose deviation from the isoelectric level reaches
-  ``t_first_ratio`` (70 %) of the largest one (either sign: inverted T waves are handled; a
-  later comparable lobe, as the terminal hump after MIT-BIH 100's inverted T wave, is not the
-  T peak). A T wave smaller than ``t_min_ratio`` (1 %) of the QRS amplitude is too flat to
-  measure: T end is NaN. *T end* (``t_end_method="area"``, the default) by the area method
+  peak is the first extremum whose size reaches ``t_first_ratio`` (60 %) of the largest one
+  (either sign: inverted T waves are handled; a later comparable lobe, as the terminal hump
+  after MIT-BIH 100's inverted T wave, is not the T peak). A lobe's size
+  (``t_peak_method="prominence"``, the default) is its prominence inside the window: how far
+  the signal falls on both sides within ``t_prominence_window`` (100 ms), the smaller of the
+  two falls; an elevated or depressed ST segment then does not pass for the T wave, as it
+  does with ``t_peak_method="deviation"`` (the deviation from the isoelectric level, and
+  ``t_first_ratio`` 0.7, the rule before 2026-12-04). On all 12 leads of LUDB's 13 tuning
+  records (sinus rhythm) the prominence rule cut the QT error from 30.4 to 20.8 ms mean
+  absolute and the beats more than 50 ms off from 15.1 % to 7.6 %; on their lead II alone it
+  is slightly worse (14.6 to 16.3 ms, 1.9 % to 3.9 %). The 12-lead tuning set was chosen over
+  lead II alone because lead II of the tuning records shows few of the T waves (flat,
+  ST-elevated, inverted) that other records' lead II has. A biphasic T wave's second lobe is
+  measured as a prominence too.
+  A T wave smaller than ``t_min_ratio`` (1 %) of the QRS amplitude is too flat to measure: T
+  end is NaN. *T end* (``t_end_method="area"``, the default) by the area method
   of Zhang et al. 2006 (IEEE TBME 53:2544): the point that maximises ``A(t) = sum_{t-W<k<=t}
   (x_k - x_t)`` (sign by the T polarity, ``W = t_area_window`` = 110 ms), searched from the T
   peak for ``max(t_end_search, RR/4)``, at least 100 ms before the next QRS and at most
@@ -179,7 +190,9 @@ class IntervalConfig:
     t_window_gap: float = 0.2
     t_window_min_fraction: float = 0.6
     t_end_method: str = "area"
-    t_first_ratio: float = 0.7
+    t_peak_method: str = "prominence"
+    t_prominence_window: float = 0.10
+    t_first_ratio: float = 0.6
     t_cross_margin: float = 0.02
     t_end_search: float = 0.2
     t_area_window: float = 0.11
@@ -194,6 +207,12 @@ class IntervalConfig:
             raise ValueError(
                 f"t_end_method must be 'tangent' or 'area', got {self.t_end_method!r}"
             )
+        if self.t_peak_method not in ("prominence", "deviation"):
+            raise ValueError("t_peak_method must be 'prominence' or 'deviation', "
+                             f"got {self.t_peak_method!r}")
+        if not self.t_prominence_window > 0:
+            raise ValueError(
+                f"t_prominence_window must be > 0 s, got {self.t_prominence_window}")
 
     def samples(self, seconds: float) -> int:
         return max(1, int(round(seconds * self.sampling_rate)))
@@ -447,14 +466,46 @@ def _delineate_window(w, valid, rr_prev, rr_next, cfg: IntervalConfig):
                           cfg.t_window_min_fraction * rr_next)
     t_hi = pre + t_reach
     in_t = (j >= t_lo) & (j <= t_hi) & valid & extremum
-    j_big = jnp.argmax(jnp.where(in_t, jnp.abs(dev), -1.0))
-    # the T wave is the first lobe at least t_first_ratio of the largest deviation (a later,
+    if cfg.t_peak_method == "prominence":
+        # a lobe's size is its prominence inside the T window: how far the signal falls on
+        # both sides within t_prominence_window (to the higher of the two one-sided minima),
+        # not its deviation from the PQ level, which an elevated or depressed ST segment
+        # carries to the window's first sample
+        win = (j >= t_lo) & (j <= t_hi) & valid
+        pw = s(cfg.t_prominence_window)
+
+        def side_min(v, left):
+            v = jnp.where(win, v, jnp.inf)
+            return jax.lax.reduce_window(v, jnp.asarray(jnp.inf, v.dtype), jax.lax.min,
+                                         (pw + 1,), (1,), [(pw, 0) if left else (0, pw)])
+
+        prom_up = dev - jnp.maximum(side_min(dev, True), side_min(dev, False))
+        prom_dn = -dev - jnp.maximum(side_min(-dev, True), side_min(-dev, False))
+        # an upright lobe lies above the isoelectric level, an inverted one below it (the
+        # trough between an ST hump and an upright T wave is no inverted T wave)
+        prom_up = jnp.where(dev > 0, prom_up, 0.0)
+        prom_dn = jnp.where(dev < 0, prom_dn, 0.0)
+        prom = jnp.maximum(prom_up, prom_dn)
+        size = jnp.where(in_t, prom, -1.0)
+    else:
+        size = jnp.where(in_t, jnp.abs(dev), -1.0)
+    j_big = jnp.argmax(size)
+    # the T wave is the first lobe at least t_first_ratio of the largest (a later,
     # comparable lobe of either sign, as in MIT-BIH 100, is a terminal hump, not the T peak)
-    first = in_t & (jnp.abs(dev) >= cfg.t_first_ratio * jnp.abs(dev[j_big]))
+    first = in_t & (size >= cfg.t_first_ratio * size[j_big])
     jm = jnp.min(jnp.where(first, j, j_big))
-    sgn = jnp.sign(dev[jm])
-    amp_t = jnp.abs(dev[jm])
-    opp = jnp.where(in_t & (j > jm) & (j <= jm + s(cfg.biphasic_gap)), -sgn * dev, -jnp.inf)
+    if cfg.t_peak_method == "prominence":
+        sgn = jnp.where(prom_up[jm] >= prom_dn[jm], 1.0, -1.0).astype(w.dtype)
+    else:
+        sgn = jnp.sign(dev[jm])
+    near_after = in_t & (j > jm) & (j <= jm + s(cfg.biphasic_gap))
+    if cfg.t_peak_method == "prominence":
+        # sizes as prominences too: a lobe near the PQ level is not 'small' beside a drift
+        amp_t = prom[jm]
+        opp = jnp.where(near_after, jnp.where(sgn > 0, prom_dn, prom_up), -jnp.inf)
+    else:
+        amp_t = jnp.abs(dev[jm])
+        opp = jnp.where(near_after, -sgn * dev, -jnp.inf)
     j2 = jnp.argmax(opp)
     biphasic = opp[j2] >= cfg.biphasic_ratio * amp_t
     jt = jnp.where(biphasic, j2, jm)
@@ -465,6 +516,7 @@ def _delineate_window(w, valid, rr_prev, rr_next, cfg: IntervalConfig):
     stop = jnp.minimum(jt + span, on + rr_next - s(0.1))
     # ... and not past the lobe's return through the PQ level by more than t_cross_margin
     cross = jnp.min(jnp.where((j > jt) & (st * dev <= 0.0), j, n_w - 1))
+    cross = jnp.where(st * dev[jt] > 0.0, cross, n_w - 1)  # a lobe on the PQ level's other side
     stop = jnp.minimum(stop, cross + s(cfg.t_cross_margin))
     ret = (j > jt) & (j <= stop) & valid
     if cfg.t_end_method == "area":

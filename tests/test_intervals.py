@@ -300,6 +300,10 @@ def test_bad_input(s0010):
         intervals.IntervalConfig(sampling_rate=0.0, max_beats=4)
     with pytest.raises(ValueError, match="max_beats"):
         intervals.IntervalConfig(sampling_rate=250.0, max_beats=0)
+    with pytest.raises(ValueError, match="t_peak_method"):
+        intervals.IntervalConfig(sampling_rate=250.0, max_beats=4, t_peak_method="largest")
+    with pytest.raises(ValueError, match="t_prominence_window"):
+        intervals.IntervalConfig(sampling_rate=250.0, max_beats=4, t_prominence_window=0.0)
     bad = ecg.isel(time=slice(0, 4000)).copy()
     bad.values[0, 10] = np.nan
     with pytest.raises(ValueError, match="NaN"):
