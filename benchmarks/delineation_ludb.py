@@ -193,28 +193,28 @@ def _stats(err: np.ndarray) -> dict:
 STATS = ("n", "mean", "sd", "median", "median_abs", "mean_abs", "gt50")
 
 
-def _all_leads(ludb_dir, rids, split) -> tuple[np.ndarray, list[str], dict]:
+def _all_leads(recs, split) -> tuple[np.ndarray, list[str], dict]:
     """ecg_world's interval errors pooled over every lead of the records (per split):
-    ``(split, interval, stat)``. The tuning of the T-wave rules used all 12 leads of the
-    tuning records (lead II of 13 records shows few flat, ST-shifted or inverted T waves)."""
-    leads = list(ludb.read_ludb_record(pathlib.Path(ludb_dir) / rids[0]).ecg["lead"].values)
-    errs = {(s, q): [] for s in ("tuning", "reporting") for q in INTERVALS}
+    ``(split, interval, stat)``, the lead names and the annotated beats per (split, interval).
+    The T-wave rules were tuned on all 12 leads of the tuning records (lead II of 13 records
+    shows few flat, ST-shifted or inverted T waves)."""
+    leads = [str(x) for x in next(iter(recs.values())).ecg["lead"].values]
+    splits = ("tuning", "reporting")
+    errs = {(s, q): [] for s in splits for q in INTERVALS}
     for lead in leads:
-        recs = {r: ludb.read_ludb_record(pathlib.Path(ludb_dir) / r, leads=[lead]) for r in rids}
         f, ref, rec_col, _ = _score(recs, _ours(recs, lead)[0], lead)
+        in_split = {s: np.array([split[r] == s for r in rec_col], bool) for s in splits}
         for q in INTERVALS:
+            annotated = np.isfinite(_interval(ref, q))
             e = _interval(f, q) - _interval(ref, q)
-            e = e[np.isfinite(_interval(ref, q))]
-            rc = rec_col[np.isfinite(_interval(ref, q))]
-            for s in ("tuning", "reporting"):
-                errs[s, q].append(e[np.array([split[r] == s for r in rc], bool)])
-    out = np.full((2, len(INTERVALS), len(STATS)), np.nan)
-    for si, s in enumerate(("tuning", "reporting")):
+            for s in splits:
+                errs[s, q].append(e[annotated & in_split[s]])
+    out = np.full((len(splits), len(INTERVALS), len(STATS)), np.nan)
+    for si, s in enumerate(splits):
         for qi, q in enumerate(INTERVALS):
             st = _stats(np.concatenate(errs[s, q]))
             out[si, qi] = [st[k] for k in STATS]
-    return out, [str(x) for x in leads], {(s, q): int(np.concatenate(errs[s, q]).size)
-                                          for s, q in errs}
+    return out, leads, {k: int(sum(v.size for v in e)) for k, e in errs.items()}
 
 
 def _git_rev() -> str:
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     ids = ludb.ludb_record_ids(args.ludb)
     recs, excluded = {}, []
     for rid in ids:
-        rec = ludb.read_ludb_record(pathlib.Path(args.ludb) / rid, leads=[LEAD])
+        rec = ludb.read_ludb_record(pathlib.Path(args.ludb) / rid)  # every lead, read once
         if rec.sinus_rhythm:
             recs[rid] = rec
         else:
@@ -303,13 +303,14 @@ def main(argv=None) -> int:
             for wi, w in enumerate(PEAKS):
                 waves[si, mi, wi] = counts[w]
 
-    all_leads, lead_names, n_all = _all_leads(args.ludb, list(recs), split)
+    all_leads, lead_names, n_all = _all_leads(recs, split)
     ds = xr.Dataset(
         {
             "all_leads_stat": (("split", "interval", "stat"), all_leads,
                                {"units": "ms (n: count, gt50: fraction)",
                                 "long_name": "ecg_world, detected - annotated, pooled over "
-                                             "the leads " + ",".join(lead_names),
+                                             "the leads",
+                                "leads": ",".join(lead_names),
                                 "n_annotated": str({f"{s}/{q}": v
                                                     for (s, q), v in n_all.items()})}),
             "error_stat": (("split", "delineator", "quantity", "stat"), stat,
@@ -455,7 +456,7 @@ def _markdown(ds, prov, methods) -> str:
     # acceptance
     al = ds["all_leads_stat"]
     L += ["## All leads (ecg_world only)", "",
-          f"Per beat, pooled over the leads {al.attrs['long_name'].split('leads ')[-1]} of the "
+          f"Per beat, pooled over the leads {al.attrs['leads']} of the "
           "same records. The T-wave rules were tuned on all leads of the **tuning** records "
           "(their lead II shows few flat, ST-shifted or inverted T waves); the reporting "
           "records' other leads are held out as well. Beats with the annotated interval "
